@@ -1,0 +1,328 @@
+//! Packets from the client after CONNECT.
+
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use starling_codec::{
+    decode, Ack, AckKind, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, SubAck, Subscribe,
+    SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Close, Conn};
+use crate::message::{Delivery, Message, MessageProperties};
+use crate::port::{PortError, SubscribeRequest};
+use crate::session::Qos2Begin;
+use crate::topic::{validate_topic_name, TopicFilter};
+
+fn port_close(e: PortError) -> Close {
+    match e {
+        PortError::NotOwner => Close::Kicked(ReasonCode::SESSION_TAKEN_OVER),
+        PortError::Unavailable(why) => {
+            Close::Protocol(ReasonCode::SERVER_UNAVAILABLE, format!("replicated state unavailable: {why}"))
+        }
+        PortError::Quota(why) => Close::Protocol(ReasonCode::QUOTA_EXCEEDED, why),
+    }
+}
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    /// Decodes and handles every complete packet in the read buffer.
+    pub(super) async fn process_input(&mut self, max_packet: usize) -> Result<(), Close> {
+        loop {
+            let packet = match decode(&mut self.rbuf, self.neg.version, max_packet) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.broker.metrics().protocol_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(Close::Protocol(e.reason_code(), e.to_string()));
+                }
+            };
+            self.touch_keepalive();
+            self.handle(packet).await?;
+        }
+    }
+
+    async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Ack(a) => self.on_ack(a),
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Packet::PingReq => {
+                self.write_packet(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(d)),
+            Packet::Connect(_) => Err(self.protocol_error(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
+            Packet::Auth(_) => {
+                Err(self.protocol_error(ReasonCode::PROTOCOL_ERROR, "AUTH without enhanced authentication"))
+            }
+            other => Err(self.protocol_error(
+                ReasonCode::PROTOCOL_ERROR,
+                match other {
+                    Packet::ConnAck(_) => "CONNACK from a client",
+                    Packet::SubAck(_) => "SUBACK from a client",
+                    Packet::UnsubAck(_) => "UNSUBACK from a client",
+                    _ => "PINGRESP from a client",
+                },
+            )),
+        }
+    }
+
+    fn protocol_error(&self, code: ReasonCode, why: &str) -> Close {
+        self.broker.metrics().protocol_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Close::Protocol(code, why.to_string())
+    }
+
+    fn ack_reason(&self, kind: AckKind, packet_id: u16, reason: ReasonCode) -> Packet {
+        Packet::Ack(Ack::with_reason(kind, packet_id, reason))
+    }
+
+    async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
+        let v5 = self.neg.version.is_v5();
+        // Topic alias (5.0): set or resolve.
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias == 0 || alias > self.broker.config().topic_alias_maximum {
+                return Err(self.protocol_error(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+            }
+            if p.topic.is_empty() {
+                match self.inbound_aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return Err(self.protocol_error(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"))
+                    }
+                }
+            } else {
+                self.inbound_aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if let Err(e) = validate_topic_name(&p.topic, &self.broker.inner.topic_limits) {
+            return Err(self.protocol_error(ReasonCode::TOPIC_NAME_INVALID, &e.to_string()));
+        }
+        if p.qos > self.broker.inner.max_qos {
+            return Err(self.protocol_error(ReasonCode::QOS_NOT_SUPPORTED, "QoS above the server maximum"));
+        }
+        if p.retain && !self.broker.config().retain_available {
+            return Err(self.protocol_error(ReasonCode::RETAIN_NOT_SUPPORTED, "retain is not available"));
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(
+                self.protocol_error(ReasonCode::PROTOCOL_ERROR, "subscription identifier in a PUBLISH")
+            );
+        }
+        self.broker.metrics().received(p.qos, p.payload.len());
+
+        if p.qos == QoS::ExactlyOnce {
+            let max = usize::from(self.broker.config().receive_maximum);
+            match self.session.inbound_qos2_begin(p.packet_id, max) {
+                Qos2Begin::New => {}
+                Qos2Begin::Duplicate => {
+                    // Duplicate before PUBREL: acknowledge, do not deliver again.
+                    self.write_packet(&Packet::Ack(Ack::new(AckKind::PubRec, p.packet_id)));
+                    return Ok(());
+                }
+                Qos2Begin::TooMany => {
+                    return Err(
+                        self.protocol_error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
+                    )
+                }
+            }
+        }
+
+        let now = StdInstant::now();
+        let mut msg = Message::new(p.topic, p.payload, p.qos, p.retain)
+            .with_expiry_interval(p.properties.message_expiry_interval, now);
+        if v5 {
+            msg.properties = MessageProperties {
+                payload_format_indicator: p.properties.payload_format_indicator,
+                content_type: p.properties.content_type,
+                response_topic: p.properties.response_topic,
+                correlation_data: p.properties.correlation_data,
+                user_properties: p.properties.user_properties,
+            };
+        }
+        msg.publisher = Some(self.client.clone());
+        let msg = Arc::new(msg);
+        let outcome = match self.broker.publish(msg).await {
+            Ok(o) => o,
+            Err(e) => {
+                // Not delivered: a resent PUBLISH must not look like a duplicate.
+                if p.qos == QoS::ExactlyOnce {
+                    self.session.inbound_qos2_release(p.packet_id);
+                }
+                return Err(port_close(e));
+            }
+        };
+        let reason =
+            if v5 && !outcome.matched() { ReasonCode::NO_MATCHING_SUBSCRIBERS } else { ReasonCode::SUCCESS };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.write_packet(&self.ack_reason(AckKind::PubAck, p.packet_id, reason)),
+            QoS::ExactlyOnce => self.write_packet(&self.ack_reason(AckKind::PubRec, p.packet_id, reason)),
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, a: Ack) -> Result<(), Close> {
+        match a.kind {
+            AckKind::PubAck => {
+                if self.session.on_puback(a.packet_id) {
+                    self.want_drain = true;
+                }
+            }
+            AckKind::PubRec => {
+                if self.session.on_pubrec(a.packet_id, a.reason.is_error()) {
+                    if a.reason.is_error() {
+                        self.want_drain = true;
+                    } else {
+                        self.write_packet(&Packet::Ack(Ack::new(AckKind::PubRel, a.packet_id)));
+                    }
+                } else if !a.reason.is_error() {
+                    let reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    self.write_packet(&self.ack_reason(AckKind::PubRel, a.packet_id, reason));
+                }
+            }
+            AckKind::PubComp => {
+                if self.session.on_pubcomp(a.packet_id) {
+                    self.want_drain = true;
+                }
+            }
+            AckKind::PubRel => {
+                let reason = if self.session.inbound_qos2_release(a.packet_id) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.write_packet(&self.ack_reason(AckKind::PubComp, a.packet_id, reason));
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let v5 = self.neg.version.is_v5();
+        let limits = self.broker.inner.topic_limits;
+        let max_qos = self.broker.inner.max_qos;
+        let mut codes: Vec<ReasonCode> = Vec::with_capacity(s.filters.len());
+        let mut requests: Vec<(usize, SubscribeRequest)> = Vec::new();
+        let sub_id = s.properties.subscription_identifier;
+        for (i, (raw, opts)) in s.filters.iter().enumerate() {
+            match TopicFilter::parse(raw, &limits) {
+                Ok(filter) => {
+                    if filter.is_shared() && opts.no_local {
+                        return Err(self.protocol_error(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "no-local on a shared subscription",
+                        ));
+                    }
+                    let granted = opts.qos.min(max_qos);
+                    codes.push(ReasonCode(granted.as_u8()));
+                    let options = SubscriptionOptions { qos: granted, ..*opts };
+                    requests.push((i, SubscribeRequest { filter, options, subscription_id: sub_id }));
+                }
+                Err(_) => codes.push(if v5 {
+                    ReasonCode::TOPIC_FILTER_INVALID
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                }),
+            }
+        }
+        let mut existed = vec![false; s.filters.len()];
+        if !requests.is_empty() {
+            let reqs: Vec<SubscribeRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
+            match self.broker.port().subscribe(&self.client, self.epoch, reqs).await {
+                Ok(e) => {
+                    for ((i, _), ex) in requests.iter().zip(e) {
+                        existed[*i] = ex;
+                    }
+                }
+                Err(PortError::Quota(why)) => {
+                    tracing::info!(client = %self.client, %why, "subscription refused");
+                    for (i, _) in &requests {
+                        codes[*i] =
+                            if v5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::UNSPECIFIED_ERROR };
+                    }
+                    requests.clear();
+                }
+                Err(e) => return Err(port_close(e)),
+            }
+        }
+        self.write_packet(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        }));
+        // Retained messages, after the SUBACK, per retain handling.
+        for (i, r) in requests {
+            let rh = r.options.retain_handling;
+            if r.filter.is_shared() || rh == 2 || (rh == 1 && existed[i]) {
+                continue;
+            }
+            for m in self.broker.retained_matching(r.filter.filter()) {
+                let d = Delivery {
+                    qos: m.qos.min(r.options.qos),
+                    message: m,
+                    retain: true,
+                    subscription_ids: r.subscription_id.into_iter().collect(),
+                };
+                self.session.enqueue(d);
+            }
+        }
+        self.want_drain = true;
+        Ok(())
+    }
+
+    async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        let limits = self.broker.inner.topic_limits;
+        let mut codes = vec![ReasonCode::SUCCESS; u.filters.len()];
+        let mut valid: Vec<(usize, TopicFilter)> = Vec::new();
+        for (i, raw) in u.filters.iter().enumerate() {
+            match TopicFilter::parse(raw, &limits) {
+                Ok(f) => valid.push((i, f)),
+                Err(_) => codes[i] = ReasonCode::TOPIC_FILTER_INVALID,
+            }
+        }
+        if !valid.is_empty() {
+            let filters = valid.iter().map(|(_, f)| f.clone()).collect();
+            let existed = self
+                .broker
+                .port()
+                .unsubscribe(&self.client, self.epoch, filters)
+                .await
+                .map_err(port_close)?;
+            for ((i, _), ex) in valid.iter().zip(existed) {
+                if !ex {
+                    codes[*i] = ReasonCode::NO_SUBSCRIPTION_EXISTED;
+                }
+            }
+        }
+        let reason_codes = if self.neg.version.is_v5() { codes } else { Vec::new() };
+        self.write_packet(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            reason_codes,
+        }));
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Close {
+        if let Some(new) = d.properties.session_expiry_interval {
+            if self.neg.session_expiry == 0 && new != 0 {
+                return self.protocol_error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "session expiry set after connecting with 0",
+                );
+            }
+            self.neg.session_expiry = new.min(self.broker.config().max_session_expiry_secs);
+            self.session.set_expiry_interval(self.neg.session_expiry);
+        }
+        if d.reason == ReasonCode::DISCONNECT_WITH_WILL {
+            Close::ClientWithWill
+        } else {
+            Close::Client
+        }
+    }
+}

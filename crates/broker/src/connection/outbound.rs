@@ -1,0 +1,125 @@
+//! Packets to the client: deliveries from the session queue (with topic
+//! aliases, subscription identifiers, message expiry and the client's
+//! maximum packet size applied), acknowledgements and resends.
+
+use std::time::Instant as StdInstant;
+
+use starling_codec::{Packet, Publish, PublishProperties, QoS};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Close, Conn, DRAIN_BATCH, WRITE_HIGH_WATER};
+use crate::message::Delivery;
+use crate::metrics::DropReason;
+use crate::session::Outgoing;
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    pub(super) fn write_packet(&mut self, p: &Packet) {
+        // Encoding fails only for fields over the protocol maximum, which
+        // the broker never builds; such a packet is skipped.
+        if let Err(e) = p.encode(self.neg.version, &mut self.wbuf) {
+            tracing::warn!(client = %self.client, error = %e, packet = p.name(), "packet not encodable");
+        }
+    }
+
+    /// Moves deliveries from the session queue into the write buffer.
+    pub(super) fn drain(&mut self) -> Result<(), Close> {
+        let mut batch = Vec::with_capacity(DRAIN_BATCH);
+        while self.wbuf.len() < WRITE_HIGH_WATER {
+            batch.clear();
+            let now = StdInstant::now();
+            if self.session.take_outgoing(self.epoch, self.neg.window, DRAIN_BATCH, now, &mut batch).is_none()
+            {
+                return Err(Close::Kicked(starling_codec::ReasonCode::SESSION_TAKEN_OVER));
+            }
+            let n = batch.len();
+            for o in batch.drain(..) {
+                self.send_outgoing(o, now);
+            }
+            if n < DRAIN_BATCH {
+                self.want_drain = false;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Resends what a resumed session left unacknowledged.
+    pub(super) fn resend(&mut self, items: Vec<Outgoing>) {
+        let now = StdInstant::now();
+        for o in items {
+            self.send_outgoing(o, now);
+        }
+    }
+
+    fn send_outgoing(&mut self, o: Outgoing, now: StdInstant) {
+        match o {
+            Outgoing::PubRel { packet_id } => self.write_packet(&Packet::Ack(starling_codec::Ack::new(
+                starling_codec::AckKind::PubRel,
+                packet_id,
+            ))),
+            Outgoing::Publish { delivery, packet_id, dup } => {
+                self.send_publish(&delivery, packet_id, dup, now)
+            }
+        }
+    }
+
+    fn send_publish(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: StdInstant) {
+        let m = &d.message;
+        let v5 = self.neg.version.is_v5();
+        let mut p = Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: m.topic.clone(),
+            packet_id,
+            properties: PublishProperties::default(),
+            payload: m.payload.clone(),
+        };
+        let mut new_alias = None;
+        if v5 {
+            let props = &mut p.properties;
+            props.message_expiry_interval = m.remaining_expiry(now);
+            props.subscription_identifiers = d.subscription_ids.clone();
+            if !m.properties.is_empty() {
+                props.payload_format_indicator = m.properties.payload_format_indicator;
+                props.content_type = m.properties.content_type.clone();
+                props.response_topic = m.properties.response_topic.clone();
+                props.correlation_data = m.properties.correlation_data.clone();
+                props.user_properties = m.properties.user_properties.clone();
+            }
+            if self.neg.client_alias_max > 0 {
+                match self.outbound_aliases.get(&m.topic) {
+                    Some(&a) => {
+                        props.topic_alias = Some(a);
+                        p.topic = Default::default();
+                    }
+                    None => {
+                        let next = self.outbound_aliases.len() as u16 + 1;
+                        if next <= self.neg.client_alias_max {
+                            props.topic_alias = Some(next);
+                            new_alias = Some(next);
+                        }
+                    }
+                }
+            }
+        }
+        if p.encoded_len(self.neg.version) > self.neg.client_max_packet {
+            // The client cannot receive it: discard as if delivered
+            // (MQTT-3.1.2-25) and count it.
+            self.broker.metrics().dropped(DropReason::TooLarge, d.qos);
+            if d.qos != QoS::AtMostOnce {
+                self.session.discard_inflight(packet_id);
+                self.want_drain = true;
+            }
+            return;
+        }
+        if let Some(a) = new_alias {
+            self.outbound_aliases.insert(m.topic.clone(), a);
+        }
+        self.write_packet(&Packet::Publish(p));
+        self.broker.metrics().sent(d.qos);
+    }
+}

@@ -1,0 +1,85 @@
+//! Newtype identifiers: client ids, node ids and connection epochs.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// An MQTT client identifier. Cheap to clone (shared string).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Arc<str>);
+
+impl ClientId {
+    pub fn new(s: &str) -> ClientId {
+        ClientId(Arc::from(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for ClientId {
+    fn from(s: &str) -> ClientId {
+        ClientId::new(s)
+    }
+}
+
+/// A cluster member's identifier. A single node is node 1.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, serde::Serialize, serde::Deserialize,
+)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Identifies one network connection's ownership of a session, unique
+/// cluster-wide: the node that accepted it and a per-node sequence that
+/// starts from the wall clock at boot, so it never repeats after a restart.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Epoch {
+    pub node: NodeId,
+    pub seq: u64,
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.node, self.seq)
+    }
+}
+
+/// Hands out connection epochs for one node.
+#[derive(Debug)]
+pub struct EpochSource {
+    node: NodeId,
+    next: AtomicU64,
+}
+
+impl EpochSource {
+    pub fn new(node: NodeId) -> EpochSource {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        EpochSource { node, next: AtomicU64::new(start) }
+    }
+
+    pub fn next(&self) -> Epoch {
+        Epoch { node: self.node, seq: self.next.fetch_add(1, Ordering::Relaxed) }
+    }
+}

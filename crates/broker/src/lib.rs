@@ -1,0 +1,30 @@
+//! Starling's MQTT domain: sessions and their QoS state machines, the
+//! route table (topic filter trie with `$share` groups), retained messages,
+//! wills, `$SYS`, metrics, and the connection driver that speaks MQTT 3.1,
+//! 3.1.1 and 5.0 over any byte stream.
+//!
+//! Replicated state sits behind `port::StatePort`. `memory::MemoryState`
+//! implements it for a single process; the cluster crate implements it on
+//! openraft + sled. This crate never depends on either.
+
+mod broker;
+pub mod config;
+pub mod connection;
+pub mod ids;
+pub mod memory;
+pub mod message;
+pub mod metrics;
+pub mod port;
+pub mod registry;
+pub mod retained;
+mod router;
+pub mod routes;
+pub mod session;
+pub mod sys;
+pub mod topic;
+pub mod will;
+
+pub use broker::Broker;
+pub use config::{ConfigError, MqttConfig};
+pub use connection::{serve, ConnectionInfo};
+pub use router::PublishOutcome;

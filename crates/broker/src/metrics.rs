@@ -1,0 +1,214 @@
+//! Counters and gauges the broker keeps; rendered as Prometheus text by the
+//! HTTP listener and published under `$SYS`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use starling_codec::QoS;
+
+/// Why a message was not delivered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The session's queue held `max_queued_messages`.
+    QueueFull,
+    /// Its message expiry interval passed before it could be sent.
+    Expired,
+    /// Larger than the client's maximum packet size.
+    TooLarge,
+    /// QoS 0 for a session that is not connected.
+    OfflineQos0,
+}
+
+impl DropReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Expired => "expired",
+            DropReason::TooLarge => "too_large",
+            DropReason::OfflineQos0 => "offline_qos0",
+        }
+    }
+
+    const ALL: [DropReason; 4] =
+        [DropReason::QueueFull, DropReason::Expired, DropReason::TooLarge, DropReason::OfflineQos0];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_current: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_rejected: AtomicU64,
+    pub messages_received: [AtomicU64; 3],
+    pub messages_sent: [AtomicU64; 3],
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Indexed by `DropReason as usize`, then QoS.
+    dropped: [[AtomicU64; 3]; 4],
+    pub protocol_errors: AtomicU64,
+    pub wills_published: AtomicU64,
+    pub sessions_expired: AtomicU64,
+    pub sessions_taken_over: AtomicU64,
+    pub keepalive_timeouts: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn received(&self, qos: QoS, bytes: usize) {
+        inc(&self.messages_received[qos as usize]);
+        self.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn sent(&self, qos: QoS) {
+        inc(&self.messages_sent[qos as usize]);
+    }
+
+    pub fn dropped(&self, reason: DropReason, qos: QoS) {
+        inc(&self.dropped[reason.index()][qos as usize]);
+    }
+
+    pub fn dropped_count(&self, reason: DropReason, qos: QoS) -> u64 {
+        self.dropped[reason.index()][qos as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn connection_opened(&self) {
+        inc(&self.connections_current);
+        inc(&self.connections_total);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_current.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn total_received(&self) -> u64 {
+        self.messages_received.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn total_sent(&self) -> u64 {
+        self.messages_sent.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Prometheus text exposition of the counters plus the given gauges.
+    pub fn render_prometheus(&self, gauges: &Gauges) -> String {
+        let mut s = String::with_capacity(4096);
+        let g = |s: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        g(&mut s, "starling_connections", "Open MQTT connections.", "gauge", load(&self.connections_current));
+        g(
+            &mut s,
+            "starling_connections_total",
+            "MQTT connections accepted since start.",
+            "counter",
+            load(&self.connections_total),
+        );
+        g(
+            &mut s,
+            "starling_connections_rejected_total",
+            "CONNECTs refused with an error CONNACK.",
+            "counter",
+            load(&self.connections_rejected),
+        );
+        g(&mut s, "starling_sessions", "Sessions held by this node.", "gauge", gauges.sessions);
+        g(
+            &mut s,
+            "starling_subscriptions",
+            "Subscriptions in the route table.",
+            "gauge",
+            gauges.subscriptions,
+        );
+        g(&mut s, "starling_retained_messages", "Retained messages.", "gauge", gauges.retained);
+        let _ = writeln!(s, "# HELP starling_messages_received_total PUBLISH packets received, by QoS.");
+        let _ = writeln!(s, "# TYPE starling_messages_received_total counter");
+        for q in 0..3 {
+            let _ = writeln!(
+                s,
+                "starling_messages_received_total{{qos=\"{q}\"}} {}",
+                load(&self.messages_received[q])
+            );
+        }
+        let _ = writeln!(s, "# HELP starling_messages_sent_total PUBLISH packets sent, by QoS.");
+        let _ = writeln!(s, "# TYPE starling_messages_sent_total counter");
+        for q in 0..3 {
+            let _ =
+                writeln!(s, "starling_messages_sent_total{{qos=\"{q}\"}} {}", load(&self.messages_sent[q]));
+        }
+        g(
+            &mut s,
+            "starling_bytes_received_total",
+            "Bytes read from clients.",
+            "counter",
+            load(&self.bytes_received),
+        );
+        g(
+            &mut s,
+            "starling_bytes_sent_total",
+            "Bytes written to clients.",
+            "counter",
+            load(&self.bytes_sent),
+        );
+        let _ = writeln!(s, "# HELP starling_messages_dropped_total Deliveries dropped, by reason and QoS.");
+        let _ = writeln!(s, "# TYPE starling_messages_dropped_total counter");
+        for r in DropReason::ALL {
+            for q in 0..3 {
+                let _ = writeln!(
+                    s,
+                    "starling_messages_dropped_total{{reason=\"{}\",qos=\"{q}\"}} {}",
+                    r.label(),
+                    load(&self.dropped[r.index()][q])
+                );
+            }
+        }
+        g(
+            &mut s,
+            "starling_protocol_errors_total",
+            "Connections closed for a protocol violation.",
+            "counter",
+            load(&self.protocol_errors),
+        );
+        g(
+            &mut s,
+            "starling_wills_published_total",
+            "Will messages published.",
+            "counter",
+            load(&self.wills_published),
+        );
+        g(
+            &mut s,
+            "starling_sessions_expired_total",
+            "Persistent sessions removed at expiry.",
+            "counter",
+            load(&self.sessions_expired),
+        );
+        g(
+            &mut s,
+            "starling_sessions_taken_over_total",
+            "Connections closed because the client id connected again.",
+            "counter",
+            load(&self.sessions_taken_over),
+        );
+        g(
+            &mut s,
+            "starling_keepalive_timeouts_total",
+            "Connections closed for missing the keep-alive deadline.",
+            "counter",
+            load(&self.keepalive_timeouts),
+        );
+        s
+    }
+}
+
+/// Point-in-time values that are not counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    pub sessions: u64,
+    pub subscriptions: u64,
+    pub retained: u64,
+}

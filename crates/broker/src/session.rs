@@ -1,0 +1,552 @@
+//! A session's runtime on the node that owns it: the outbound queue, the
+//! QoS 1/2 state machines in both directions and the attached connection.
+//!
+//! The session outlives its connections: a persistent session keeps its
+//! queue and unacknowledged messages while the client is away, and a new
+//! connection that resumes it resends them with DUP set. At most one
+//! connection (identified by its `Epoch`) owns the session at a time;
+//! attaching a new one kicks the previous owner, and every operation a
+//! connection performs checks that it is still the owner.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use starling_codec::{QoS, ReasonCode};
+use tokio::sync::{oneshot, Notify};
+
+use crate::ids::{ClientId, Epoch};
+use crate::message::Delivery;
+use crate::metrics::{DropReason, Metrics};
+use crate::will::PendingWill;
+
+/// Why the broker tells a connection to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kick {
+    pub reason: ReasonCode,
+}
+
+/// Outbound QoS 1/2 progress of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub state: InflightState,
+}
+
+/// What a connection should (re)send.
+#[derive(Debug)]
+pub enum Outgoing {
+    Publish { delivery: Delivery, packet_id: u16, dup: bool },
+    PubRel { packet_id: u16 },
+}
+
+/// Per-session limits, fixed when the session is created.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Deliveries waiting beyond the inflight window. When full, new
+    /// deliveries of any QoS are dropped and counted (`queue_full`).
+    pub max_queued: usize,
+    /// Queue QoS 0 messages while the client is disconnected.
+    pub queue_qos0_offline: bool,
+}
+
+struct Owner {
+    epoch: Epoch,
+    kick: Option<oneshot::Sender<Kick>>,
+}
+
+#[derive(Default)]
+struct State {
+    owner: Option<Owner>,
+    /// The last connection that owned the session (still set while offline).
+    last_epoch: Option<Epoch>,
+    queue: VecDeque<Delivery>,
+    inflight: VecDeque<Inflight>,
+    /// Inbound QoS 2 packet ids received but not yet released (PUBREL).
+    inbound_qos2: HashSet<u16>,
+    next_packet_id: u16,
+    /// Session expiry interval in seconds (u32::MAX = never).
+    expiry_interval: u32,
+    disconnected_at: Option<Instant>,
+    pending_will: Option<PendingWill>,
+}
+
+pub struct Session {
+    client_id: ClientId,
+    limits: SessionLimits,
+    metrics: Arc<Metrics>,
+    online: AtomicBool,
+    /// Set when the session was discarded (clean start by a new owner,
+    /// expiry): a connection still attached must not expect it to resume.
+    ended: AtomicBool,
+    notify: Notify,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("client_id", &self.client_id).finish()
+    }
+}
+
+/// Result of an inbound QoS 2 PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos2Begin {
+    New,
+    Duplicate,
+    TooMany,
+}
+
+/// Result of trying to hand a delivery to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    Dropped(DropReason),
+}
+
+impl Session {
+    pub fn new(client_id: ClientId, limits: SessionLimits, metrics: Arc<Metrics>) -> Session {
+        Session {
+            client_id,
+            limits,
+            metrics,
+            online: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            notify: Notify::new(),
+            state: Mutex::new(State { next_packet_id: 1, ..Default::default() }),
+        }
+    }
+
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// True while a connection owns the session.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    /// Marks the session as ended; see `is_ended`.
+    pub fn mark_ended(&self) {
+        self.ended.store(true, Ordering::Release);
+    }
+
+    /// True once the session was discarded or expired.
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Wakes the owning connection when there is something to send.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Adds a delivery to the queue, or drops it when the queue is full or
+    /// it is QoS 0 for an offline session (unless configured to keep it).
+    pub fn enqueue(&self, d: Delivery) -> Enqueued {
+        let qos = d.qos;
+        {
+            let mut st = self.state.lock();
+            if st.owner.is_none() && qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
+                drop(st);
+                self.metrics.dropped(DropReason::OfflineQos0, qos);
+                return Enqueued::Dropped(DropReason::OfflineQos0);
+            }
+            if st.queue.len() >= self.limits.max_queued {
+                drop(st);
+                self.metrics.dropped(DropReason::QueueFull, qos);
+                return Enqueued::Dropped(DropReason::QueueFull);
+            }
+            st.queue.push_back(d);
+        }
+        self.notify.notify_one();
+        Enqueued::Queued
+    }
+
+    /// Makes `epoch` the owner. A previous owner is kicked with "session
+    /// taken over". Returns what must be resent: unacknowledged PUBLISHes
+    /// (DUP set) and PUBRELs, in their original order.
+    pub fn attach(&self, epoch: Epoch, kick: oneshot::Sender<Kick>, expiry_interval: u32) -> Vec<Outgoing> {
+        let mut st = self.state.lock();
+        if let Some(mut old) = st.owner.take() {
+            if let Some(k) = old.kick.take() {
+                let _ = k.send(Kick { reason: ReasonCode::SESSION_TAKEN_OVER });
+            }
+        }
+        st.owner = Some(Owner { epoch, kick: Some(kick) });
+        st.last_epoch = Some(epoch);
+        st.expiry_interval = expiry_interval;
+        st.disconnected_at = None;
+        st.pending_will = None;
+        self.online.store(true, Ordering::Release);
+        st.inflight
+            .iter()
+            .map(|i| match i.state {
+                InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
+                    Outgoing::Publish { delivery: i.delivery.clone(), packet_id: i.packet_id, dup: true }
+                }
+                InflightState::AwaitPubComp => Outgoing::PubRel { packet_id: i.packet_id },
+            })
+            .collect()
+    }
+
+    /// Releases ownership if `epoch` still owns the session; returns false
+    /// if another connection took it over meanwhile.
+    pub fn detach(&self, epoch: Epoch, now: Instant, will: Option<PendingWill>) -> bool {
+        let mut st = self.state.lock();
+        if st.owner.as_ref().map(|o| o.epoch) != Some(epoch) {
+            return false;
+        }
+        st.owner = None;
+        st.disconnected_at = Some(now);
+        st.pending_will = will;
+        self.online.store(false, Ordering::Release);
+        true
+    }
+
+    /// Kicks the owner if it is `epoch` (or any owner when `None`).
+    pub fn kick(&self, epoch: Option<Epoch>, reason: ReasonCode) -> bool {
+        let mut st = self.state.lock();
+        match st.owner.as_mut() {
+            Some(o) if epoch.is_none() || epoch == Some(o.epoch) => {
+                if let Some(k) = o.kick.take() {
+                    let _ = k.send(Kick { reason });
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_owner(&self, epoch: Epoch) -> bool {
+        self.state.lock().owner.as_ref().map(|o| o.epoch) == Some(epoch)
+    }
+
+    pub fn last_epoch(&self) -> Option<Epoch> {
+        self.state.lock().last_epoch
+    }
+
+    pub fn set_expiry_interval(&self, secs: u32) {
+        self.state.lock().expiry_interval = secs;
+    }
+
+    pub fn expiry_interval(&self) -> u32 {
+        self.state.lock().expiry_interval
+    }
+
+    /// Takes the will waiting for its delay, if `epoch` is still the last
+    /// owner and the session is still offline.
+    pub fn take_pending_will(&self, epoch: Option<Epoch>) -> Option<PendingWill> {
+        let mut st = self.state.lock();
+        if st.owner.is_some() {
+            return None;
+        }
+        if epoch.is_some() && st.last_epoch != epoch {
+            return None;
+        }
+        st.pending_will.take()
+    }
+
+    /// Whether the session is offline and still last owned by `epoch`.
+    pub fn offline_since(&self, epoch: Epoch) -> Option<Instant> {
+        let st = self.state.lock();
+        if st.owner.is_none() && st.last_epoch == Some(epoch) {
+            st.disconnected_at
+        } else {
+            None
+        }
+    }
+
+    /// Moves up to `max` deliveries from the queue onto the wire for
+    /// connection `epoch`, keeping at most `window` QoS>0 messages
+    /// unacknowledged. Expired deliveries are dropped and counted.
+    /// Returns `None` if `epoch` no longer owns the session.
+    pub fn take_outgoing(
+        &self,
+        epoch: Epoch,
+        window: usize,
+        max: usize,
+        now: Instant,
+        out: &mut Vec<Outgoing>,
+    ) -> Option<()> {
+        let mut st = self.state.lock();
+        if st.owner.as_ref().map(|o| o.epoch) != Some(epoch) {
+            return None;
+        }
+        let mut n = 0;
+        while n < max {
+            let Some(front) = st.queue.front() else { break };
+            if front.message.is_expired(now) {
+                let d = st.queue.pop_front();
+                if let Some(d) = d {
+                    self.metrics.dropped(DropReason::Expired, d.qos);
+                }
+                continue;
+            }
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+                break;
+            }
+            let Some(d) = st.queue.pop_front() else { break };
+            let packet_id = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                let id = st.alloc_packet_id();
+                let state = if d.qos == QoS::AtLeastOnce {
+                    InflightState::AwaitPubAck
+                } else {
+                    InflightState::AwaitPubRec
+                };
+                st.inflight.push_back(Inflight { packet_id: id, delivery: d.clone(), state });
+                id
+            };
+            out.push(Outgoing::Publish { delivery: d, packet_id, dup: false });
+            n += 1;
+        }
+        Some(())
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.state.lock().inflight.len()
+    }
+
+    /// PUBACK from the client. Returns false if the id was not awaiting one.
+    pub fn on_puback(&self, packet_id: u16) -> bool {
+        let mut st = self.state.lock();
+        match st
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.state == InflightState::AwaitPubAck)
+        {
+            Some(pos) => {
+                st.inflight.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC from the client: the message moves to the PUBREL stage.
+    /// A PUBREC with an error code ends the exchange (5.0).
+    pub fn on_pubrec(&self, packet_id: u16, failed: bool) -> bool {
+        let mut st = self.state.lock();
+        let Some(pos) = st.inflight.iter().position(|i| i.packet_id == packet_id) else {
+            return false;
+        };
+        if failed {
+            st.inflight.remove(pos);
+            return true;
+        }
+        if let Some(i) = st.inflight.get_mut(pos) {
+            if i.state == InflightState::AwaitPubAck {
+                return false;
+            }
+            i.state = InflightState::AwaitPubComp;
+        }
+        true
+    }
+
+    /// Drops an inflight message that can never be sent (larger than the
+    /// client's maximum packet size), as if it had been acknowledged.
+    pub fn discard_inflight(&self, packet_id: u16) {
+        let mut st = self.state.lock();
+        if let Some(pos) = st.inflight.iter().position(|i| i.packet_id == packet_id) {
+            st.inflight.remove(pos);
+        }
+    }
+
+    /// PUBCOMP from the client ends a QoS 2 exchange.
+    pub fn on_pubcomp(&self, packet_id: u16) -> bool {
+        let mut st = self.state.lock();
+        match st
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.state == InflightState::AwaitPubComp)
+        {
+            Some(pos) => {
+                st.inflight.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Inbound QoS 2 PUBLISH: `New` the first time a packet id is seen
+    /// (deliver it), `Duplicate` before its PUBREL (do not), `TooMany`
+    /// when `max` exchanges are already open.
+    pub fn inbound_qos2_begin(&self, packet_id: u16, max: usize) -> Qos2Begin {
+        let mut st = self.state.lock();
+        if st.inbound_qos2.contains(&packet_id) {
+            return Qos2Begin::Duplicate;
+        }
+        if st.inbound_qos2.len() >= max {
+            return Qos2Begin::TooMany;
+        }
+        st.inbound_qos2.insert(packet_id);
+        Qos2Begin::New
+    }
+
+    /// PUBREL from the client; returns whether the id was known.
+    pub fn inbound_qos2_release(&self, packet_id: u16) -> bool {
+        self.state.lock().inbound_qos2.remove(&packet_id)
+    }
+
+    pub fn inbound_qos2_len(&self) -> usize {
+        self.state.lock().inbound_qos2.len()
+    }
+}
+
+impl State {
+    fn alloc_packet_id(&mut self) -> u16 {
+        // At most `window` ids are in use, so this ends quickly.
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+    use crate::message::Message;
+    use bytes::Bytes;
+
+    fn session(max_queued: usize) -> Session {
+        Session::new(
+            ClientId::new("c"),
+            SessionLimits { max_queued, queue_qos0_offline: false },
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message::new("t".into(), Bytes::from_static(b"p"), qos, false)),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    fn epoch(seq: u64) -> Epoch {
+        Epoch { node: NodeId(1), seq }
+    }
+
+    #[test]
+    fn qos1_and_qos2_state_machines() {
+        let s = session(10);
+        let (tx, _rx) = oneshot::channel();
+        assert!(s.attach(epoch(1), tx, 0).is_empty());
+        s.enqueue(delivery(QoS::AtLeastOnce));
+        s.enqueue(delivery(QoS::ExactlyOnce));
+        s.enqueue(delivery(QoS::AtMostOnce));
+        let mut out = Vec::new();
+        s.take_outgoing(epoch(1), 10, 10, Instant::now(), &mut out).unwrap();
+        let ids: Vec<u16> = out
+            .iter()
+            .map(|o| match o {
+                Outgoing::Publish { packet_id, .. } => *packet_id,
+                Outgoing::PubRel { .. } => panic!(),
+            })
+            .collect();
+        assert_eq!(ids, vec![1, 2, 0]);
+        assert_eq!(s.inflight_len(), 2);
+        assert!(!s.on_pubcomp(2), "PUBCOMP before PUBREC is not accepted");
+        assert!(!s.on_pubrec(1, false), "PUBREC for a QoS 1 message is not accepted");
+        assert!(s.on_puback(1));
+        assert!(!s.on_puback(1), "second PUBACK is unknown");
+        assert!(s.on_pubrec(2, false));
+        assert!(s.on_pubcomp(2));
+        assert_eq!(s.inflight_len(), 0);
+    }
+
+    #[test]
+    fn window_limits_inflight_and_resume_resends_with_dup() {
+        let s = session(10);
+        let (tx, _rx) = oneshot::channel();
+        s.attach(epoch(1), tx, 60);
+        for _ in 0..3 {
+            s.enqueue(delivery(QoS::ExactlyOnce));
+        }
+        let mut out = Vec::new();
+        s.take_outgoing(epoch(1), 2, 10, Instant::now(), &mut out).unwrap();
+        assert_eq!(out.len(), 2, "window of 2");
+        assert_eq!(s.queue_len(), 1);
+        assert!(s.on_pubrec(1, false));
+        assert!(s.detach(epoch(1), Instant::now(), None));
+        let (tx, _rx) = oneshot::channel();
+        let resend = s.attach(epoch(2), tx, 60);
+        assert!(matches!(resend[0], Outgoing::PubRel { packet_id: 1 }));
+        assert!(matches!(resend[1], Outgoing::Publish { packet_id: 2, dup: true, .. }));
+        // The old connection no longer owns the session.
+        assert!(s.take_outgoing(epoch(1), 2, 10, Instant::now(), &mut Vec::new()).is_none());
+    }
+
+    #[test]
+    fn attach_kicks_previous_owner() {
+        let s = session(10);
+        let (tx1, mut rx1) = oneshot::channel();
+        s.attach(epoch(1), tx1, 0);
+        let (tx2, _rx2) = oneshot::channel();
+        s.attach(epoch(2), tx2, 0);
+        assert_eq!(rx1.try_recv().unwrap().reason, ReasonCode::SESSION_TAKEN_OVER);
+        assert!(!s.detach(epoch(1), Instant::now(), None), "old owner cannot detach the new one");
+        assert!(s.is_owner(epoch(2)));
+    }
+
+    #[test]
+    fn full_queue_drops_and_offline_qos0_is_not_queued() {
+        let s = session(2);
+        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce)), Enqueued::Dropped(DropReason::OfflineQos0));
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce)), Enqueued::Queued);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce)), Enqueued::Queued);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce)), Enqueued::Dropped(DropReason::QueueFull));
+        assert_eq!(s.metrics.dropped_count(DropReason::QueueFull, QoS::AtLeastOnce), 1);
+    }
+
+    #[test]
+    fn inbound_qos2_is_exactly_once() {
+        let s = session(2);
+        assert_eq!(s.inbound_qos2_begin(7, 2), Qos2Begin::New);
+        assert_eq!(s.inbound_qos2_begin(7, 2), Qos2Begin::Duplicate, "duplicate before PUBREL");
+        assert_eq!(s.inbound_qos2_begin(8, 2), Qos2Begin::New);
+        assert_eq!(s.inbound_qos2_begin(9, 2), Qos2Begin::TooMany, "over the receive maximum");
+        assert!(s.inbound_qos2_release(7));
+        assert!(!s.inbound_qos2_release(7));
+        assert_eq!(s.inbound_qos2_begin(7, 2), Qos2Begin::New, "id reusable after PUBREL");
+    }
+
+    #[test]
+    fn packet_ids_skip_ids_in_use_and_zero() {
+        let mut st = State { next_packet_id: u16::MAX, ..Default::default() };
+        assert_eq!(st.alloc_packet_id(), u16::MAX);
+        assert_eq!(st.alloc_packet_id(), 1);
+        st.inflight.push_back(Inflight {
+            packet_id: 2,
+            delivery: delivery(QoS::AtLeastOnce),
+            state: InflightState::AwaitPubAck,
+        });
+        assert_eq!(st.alloc_packet_id(), 3);
+    }
+}

@@ -1,0 +1,69 @@
+//! Will messages: what a CONNECT asked to be published if the connection
+//! ends abnormally, and the 5.0 will delay.
+//!
+//! A will is published when the connection closes without a DISCONNECT
+//! (socket error, EOF, keep-alive timeout, protocol error, session taken
+//! over) or with DISCONNECT reason 0x04. It is discarded on a normal
+//! DISCONNECT and on a graceful server shutdown (the client is not gone;
+//! it reconnects to another node). With a will delay the will waits in the
+//! session (`PendingWill`) and is cancelled if the session is resumed
+//! before the delay passes; if the session ends first, it is published then.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use starling_codec::{MqttStr, QoS, Will};
+
+use crate::ids::ClientId;
+use crate::message::{Message, MessageProperties};
+
+/// The will of one connection, as accepted from CONNECT.
+#[derive(Debug, Clone)]
+pub struct WillSpec {
+    pub topic: MqttStr,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: MessageProperties,
+    pub message_expiry_interval: Option<u32>,
+    /// 5.0 will delay interval in seconds (0 for 3.x).
+    pub delay: u32,
+}
+
+impl WillSpec {
+    pub fn from_connect(w: &Will) -> WillSpec {
+        WillSpec {
+            topic: w.topic.clone(),
+            payload: w.payload.clone(),
+            qos: w.qos,
+            retain: w.retain,
+            properties: MessageProperties::from_publish(&w.properties),
+            message_expiry_interval: w.properties.message_expiry_interval,
+            delay: w.properties.will_delay_interval.unwrap_or(0),
+        }
+    }
+
+    /// The message to publish now, on behalf of `client`.
+    pub fn to_message(&self, client: &ClientId, now: Instant) -> Arc<Message> {
+        let mut m = Message::new(self.topic.clone(), self.payload.clone(), self.qos, self.retain)
+            .with_expiry_interval(self.message_expiry_interval, now);
+        m.properties = self.properties.clone();
+        m.publisher = Some(client.clone());
+        Arc::new(m)
+    }
+}
+
+/// A will waiting for its delay in a disconnected session.
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    pub will: WillSpec,
+    pub publish_at: Instant,
+}
+
+impl PendingWill {
+    pub fn new(will: WillSpec, now: Instant, session_expiry: u32) -> PendingWill {
+        let delay = will.delay.min(session_expiry);
+        PendingWill { will, publish_at: now + Duration::from_secs(u64::from(delay)) }
+    }
+}

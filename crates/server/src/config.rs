@@ -1,0 +1,286 @@
+//! The server's configuration tree: built-in defaults, then the TOML file,
+//! then `STARLING_*` environment variables, then command-line flags. One
+//! serde tree with defaults; `validate` names the offending key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use starling_broker::{ConfigError, MqttConfig};
+
+/// The commented default configuration, printed by `generate-config`.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { id: 1, data_dir: PathBuf::from("./data") }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub mqtt: String,
+    pub ws: String,
+    pub ws_path: String,
+    pub http: String,
+    pub max_connections: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            mqtt: "0.0.0.0:1883".into(),
+            ws: "0.0.0.0:8083".into(),
+            ws_path: "/mqtt".into(),
+            http: "0.0.0.0:8080".into(),
+            max_connections: 100_000,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub listeners: ListenerConfig,
+    pub mqtt: MqttConfig,
+    pub log: LogConfig,
+}
+
+/// Parses a listener address; "off" (or empty) disables the listener.
+pub fn listen_addr(key: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let v = value.trim();
+    if v.is_empty() || v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    v.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| ConfigError::new(key, format!("`{v}` is not an address like 0.0.0.0:1883 (or \"off\")")))
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.id == 0 {
+            return Err(ConfigError::new("node.id", "must be a positive integer"));
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("node.data_dir", "must not be empty"));
+        }
+        listen_addr("listeners.mqtt", &self.listeners.mqtt)?;
+        listen_addr("listeners.ws", &self.listeners.ws)?;
+        listen_addr("listeners.http", &self.listeners.http)?;
+        if !self.listeners.ws_path.starts_with('/') {
+            return Err(ConfigError::new("listeners.ws_path", "must start with '/'"));
+        }
+        if self.listeners.max_connections == 0 {
+            return Err(ConfigError::new("listeners.max_connections", "must be at least 1"));
+        }
+        self.mqtt.validate("mqtt.")?;
+        Ok(())
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    #[error("{origin}: {message}")]
+    Override { origin: String, message: String },
+}
+
+/// Parses a value given as text (environment, `--set`): TOML syntax when
+/// it is valid TOML (numbers, booleans, quoted strings), else a string.
+fn parse_value(raw: &str) -> toml::Value {
+    match toml::from_str::<BTreeMap<String, toml::Value>>(&format!("v = {raw}")) {
+        Ok(mut m) => m.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+/// Every `table.key` path of the default tree.
+fn key_paths() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Ok(toml::Value::Table(t)) = toml::Value::try_from(Config::default()) {
+        for (table, v) in t {
+            if let toml::Value::Table(inner) = v {
+                for key in inner.keys() {
+                    out.push((table.clone(), key.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The environment variable for `table.key`.
+pub fn env_name(table: &str, key: &str) -> String {
+    format!("STARLING_{}_{}", table.to_uppercase(), key.to_uppercase())
+}
+
+fn set_path(root: &mut toml::Table, path: &str, value: toml::Value, origin: &str) -> Result<(), LoadError> {
+    let Some((table, key)) = path.split_once('.') else {
+        return Err(LoadError::Override {
+            origin: origin.into(),
+            message: format!("`{path}` is not table.key"),
+        });
+    };
+    let known = key_paths().iter().any(|(t, k)| t == table && k == key);
+    if !known {
+        return Err(LoadError::Override {
+            origin: origin.into(),
+            message: format!("unknown setting `{path}`"),
+        });
+    }
+    let entry = root.entry(table.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = entry {
+        t.insert(key.to_string(), value);
+    }
+    Ok(())
+}
+
+/// Builds the configuration from a file, the environment and overrides
+/// (`table.key=value` pairs from flags, applied last, in order).
+pub fn load(
+    file: Option<&std::path::Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    overrides: &[(String, String)],
+) -> Result<Config, LoadError> {
+    let mut root = toml::Table::new();
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        // Parse the file alone first so its errors point into the file.
+        toml::from_str::<Config>(&text).map_err(|e| LoadError::Parse {
+            path: path.into(),
+            message: e.message().to_string() + &span_hint(&text, e.span()),
+        })?;
+        root = toml::from_str(&text).map_err(|e: toml::de::Error| LoadError::Parse {
+            path: path.into(),
+            message: e.message().to_string(),
+        })?;
+    }
+    for (table, key) in key_paths() {
+        let name = env_name(&table, &key);
+        if let Some(raw) = env(&name) {
+            let path = format!("{table}.{key}");
+            set_path(&mut root, &path, parse_value(&raw), &name)?;
+            check_one(&root, &name, &path)?;
+        }
+    }
+    for (path, raw) in overrides {
+        let origin = format!("--set {path}");
+        set_path(&mut root, path, parse_value(raw), &origin)?;
+        check_one(&root, &origin, path)?;
+    }
+    let text = toml::to_string(&root)
+        .map_err(|e| LoadError::Override { origin: "config".into(), message: e.to_string() })?;
+    let config: Config = toml::from_str(&text)
+        .map_err(|e| LoadError::Override { origin: "config".into(), message: e.message().into() })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Type-checks the tree after one override so the error names its origin.
+fn check_one(root: &toml::Table, origin: &str, path: &str) -> Result<(), LoadError> {
+    let text = toml::to_string(root).unwrap_or_default();
+    toml::from_str::<Config>(&text).map(|_| ()).map_err(|e| LoadError::Override {
+        origin: origin.into(),
+        message: format!("invalid value for `{path}`: {}", e.message()),
+    })
+}
+
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => {
+            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn embedded_default_file_matches_the_built_in_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn precedence_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[mqtt]\nmax_inflight = 5\nmax_queued_messages = 7\n[node]\nid = 3\n").unwrap();
+        let env = |k: &str| match k {
+            "STARLING_MQTT_MAX_QUEUED_MESSAGES" => Some("9".to_string()),
+            "STARLING_LISTENERS_MQTT" => Some("127.0.0.1:1999".to_string()),
+            _ => None,
+        };
+        let c = load(Some(&path), &env, &[("node.id".into(), "4".into())]).unwrap();
+        assert_eq!(c.mqtt.max_inflight, 5);
+        assert_eq!(c.mqtt.max_queued_messages, 9);
+        assert_eq!(c.listeners.mqtt, "127.0.0.1:1999");
+        assert_eq!(c.node.id, 4);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load(None, &no_env, &[("mqtt.max_qos".into(), "3".into())]).unwrap_err().to_string();
+        assert!(e.contains("mqtt.max_qos"), "{e}");
+        let e =
+            load(None, &no_env, &[("mqtt.max_inflight".into(), "\"lots\"".into())]).unwrap_err().to_string();
+        assert!(e.contains("mqtt.max_inflight"), "{e}");
+        let e = load(None, &no_env, &[("mqtt.nope".into(), "1".into())]).unwrap_err().to_string();
+        assert!(e.contains("mqtt.nope"), "{e}");
+        let env = |k: &str| (k == "STARLING_LISTENERS_HTTP").then(|| "nowhere".to_string());
+        let e = load(None, &env, &[]).unwrap_err().to_string();
+        assert!(e.contains("listeners.http"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[mqtt]\nmax_inflight = 5\nbogus = 1\n").unwrap();
+        let e = load(Some(&path), &no_env, &[]).unwrap_err().to_string();
+        assert!(e.contains("bogus") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn listeners_can_be_disabled() {
+        assert_eq!(listen_addr("k", "off").unwrap(), None);
+        assert!(listen_addr("k", "127.0.0.1:0").unwrap().is_some());
+    }
+}

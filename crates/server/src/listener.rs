@@ -1,0 +1,75 @@
+//! Accept loops for the MQTT listeners (TCP and WebSocket).
+//!
+//! Connections are bounded by a semaphore shared by all MQTT listeners
+//! (`listeners.max_connections`): a socket accepted over the limit is
+//! closed at once, before anything is read from it, and counted in
+//! `starling_connections_rejected_total`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_broker::{serve, Broker, ConnectionInfo};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    Tcp,
+    WebSocket { path: String },
+}
+
+/// Accepts connections until `stop` changes.
+pub async fn accept_loop(
+    listener: TcpListener,
+    transport: Transport,
+    broker: Broker,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => r,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off briefly
+                // instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            broker.metrics().connections_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%peer, "connection refused: listeners.max_connections reached");
+            drop(socket);
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let broker = broker.clone();
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            match transport {
+                Transport::Tcp => {
+                    serve(broker, socket, ConnectionInfo { peer: peer.to_string(), transport: "tcp" }).await;
+                }
+                Transport::WebSocket { path } => {
+                    let max = broker.config().max_packet_size as usize + 16;
+                    let timeout = Duration::from_secs(broker.config().connect_timeout_secs);
+                    match tokio::time::timeout(timeout, crate::ws::accept(socket, &path, max)).await {
+                        Ok(Ok(ws)) => {
+                            serve(broker, ws, ConnectionInfo { peer: peer.to_string(), transport: "ws" })
+                                .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}

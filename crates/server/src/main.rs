@@ -1,0 +1,161 @@
+//! The `starling` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use starling_server::config::{self, Config, DEFAULT_TOML};
+use starling_server::{run, Listeners};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "starling", version, about = "Starling: a clustered MQTT broker")]
+struct Cli {
+    /// More logging: -v debug, -vv trace (RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Print the default configuration file, with comments.
+    GenerateConfig,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (TOML); see `starling generate-config`.
+    #[arg(short, long, env = "STARLING_CONFIG")]
+    config: Option<PathBuf>,
+    /// MQTT over TCP listen address, or "off" (listeners.mqtt).
+    #[arg(long)]
+    mqtt_listen: Option<String>,
+    /// MQTT over WebSocket listen address, or "off" (listeners.ws).
+    #[arg(long)]
+    ws_listen: Option<String>,
+    /// HTTP listen address for health and metrics, or "off" (listeners.http).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Data directory (node.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// This node's id (node.id).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Any setting, as table.key=value (repeatable), e.g. --set mqtt.max_inflight=64.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Result<Vec<(String, String)>, String> {
+        let mut o = Vec::new();
+        let quote = |s: &str| format!("{s:?}");
+        if let Some(v) = &self.mqtt_listen {
+            o.push(("listeners.mqtt".into(), quote(v)));
+        }
+        if let Some(v) = &self.ws_listen {
+            o.push(("listeners.ws".into(), quote(v)));
+        }
+        if let Some(v) = &self.http_listen {
+            o.push(("listeners.http".into(), quote(v)));
+        }
+        if let Some(v) = &self.data_dir {
+            o.push(("node.data_dir".into(), quote(&v.to_string_lossy())));
+        }
+        if let Some(v) = self.node_id {
+            o.push(("node.id".into(), v.to_string()));
+        }
+        for s in &self.set {
+            let (k, v) = s.split_once('=').ok_or_else(|| format!("--set {s}: expected table.key=value"))?;
+            o.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        Ok(o)
+    }
+}
+
+fn init_logging(verbose: u8, default_level: &str) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::new(v),
+        _ => EnvFilter::new(match verbose {
+            0 => default_level,
+            1 => "debug",
+            _ => "trace",
+        }),
+    };
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn serve(args: ServeArgs, verbose: u8) -> ExitCode {
+    let overrides = match args.overrides() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("starling: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let config: Config = match config::load(args.config.as_deref(), &env, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("starling: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(verbose, &config.log.level);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("starling: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let listeners = Listeners::bind(&config).await?;
+        run(config, listeners, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("starling: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args, cli.verbose),
+        Command::GenerateConfig => {
+            print!("{DEFAULT_TOML}");
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Wiring: bind the listeners, start the broker, run until the shutdown
+//! future resolves, then stop in order (listeners, connections, HTTP).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use starling_broker::ids::NodeId;
+use starling_broker::memory::{MemoryState, Views};
+use starling_broker::metrics::Metrics;
+use starling_broker::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::{listen_addr, Config};
+use crate::listener::{accept_loop, Transport};
+
+/// Bound sockets, so callers (and tests, with port 0) choose addresses.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub mqtt: Option<TcpListener>,
+    pub ws: Option<TcpListener>,
+    pub http: Option<TcpListener>,
+}
+
+/// The addresses actually bound.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Addresses {
+    pub mqtt: Option<SocketAddr>,
+    pub ws: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+}
+
+async fn bind(key: &str, value: &str) -> anyhow::Result<Option<TcpListener>> {
+    match listen_addr(key, value)? {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (`{key}`)"))?;
+            Ok(Some(l))
+        }
+        None => Ok(None),
+    }
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let l = &config.listeners;
+        Ok(Listeners {
+            mqtt: bind("listeners.mqtt", &l.mqtt).await?,
+            ws: bind("listeners.ws", &l.ws).await?,
+            http: bind("listeners.http", &l.http).await?,
+        })
+    }
+
+    pub fn addresses(&self) -> Addresses {
+        let a = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        Addresses { mqtt: a(&self.mqtt), ws: a(&self.ws), http: a(&self.http) }
+    }
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.node.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.node.data_dir.display()))?;
+    let views = Views::default();
+    let port = Arc::new(MemoryState::new(views.clone()));
+    let broker =
+        Broker::new(NodeId(config.node.id), config.mqtt.clone(), Arc::new(Metrics::default()), views, port);
+
+    let addrs = listeners.addresses();
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(
+        node = config.node.id,
+        mqtt = %show(addrs.mqtt),
+        ws = %show(addrs.ws),
+        http = %show(addrs.http),
+        "starling listening"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let limit = Arc::new(Semaphore::new(config.listeners.max_connections));
+    let mut tasks = Vec::new();
+    if let Some(l) = listeners.mqtt {
+        tasks.push(tokio::spawn(accept_loop(
+            l,
+            Transport::Tcp,
+            broker.clone(),
+            limit.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(l) = listeners.ws {
+        let t = Transport::WebSocket { path: config.listeners.ws_path.clone() };
+        tasks.push(tokio::spawn(accept_loop(l, t, broker.clone(), limit.clone(), stop_rx.clone())));
+    }
+    let http = listeners.http.map(|l| {
+        let mut stop = stop_rx.clone();
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(e) = crate::http::serve(l, broker, stopped).await {
+                tracing::error!(error = %e, "HTTP listener failed");
+            }
+        })
+    });
+    if config.mqtt.sys_interval_secs > 0 {
+        let interval = Duration::from_secs(config.mqtt.sys_interval_secs);
+        tokio::spawn(starling_broker::sys::run_sys_publisher(broker.clone(), interval));
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: closing listeners and connections");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    broker.shutdown();
+    let grace = Duration::from_secs(config.listeners.shutdown_grace_secs);
+    if tokio::time::timeout(grace, broker.wait_idle()).await.is_err() {
+        tracing::warn!(left = broker.live_connections(), "connections still open after the grace period");
+    }
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
