@@ -56,6 +56,44 @@ impl ReasonCode {
         self.0 >= 0x80
     }
 
+    /// The spec's short name for the code, for reason strings and logs.
+    pub fn description(self) -> &'static str {
+        match self.0 {
+            0x00 => "success",
+            0x04 => "disconnect with will message",
+            0x80 => "unspecified error",
+            0x81 => "malformed packet",
+            0x82 => "protocol error",
+            0x83 => "implementation specific error",
+            0x84 => "unsupported protocol version",
+            0x85 => "client identifier not valid",
+            0x86 => "bad user name or password",
+            0x87 => "not authorized",
+            0x88 => "server unavailable",
+            0x89 => "server busy",
+            0x8A => "banned",
+            0x8B => "server shutting down",
+            0x8C => "bad authentication method",
+            0x8D => "keep alive timeout",
+            0x8E => "session taken over",
+            0x8F => "topic filter invalid",
+            0x90 => "topic name invalid",
+            0x93 => "receive maximum exceeded",
+            0x94 => "topic alias invalid",
+            0x95 => "packet too large",
+            0x96 => "message rate too high",
+            0x97 => "quota exceeded",
+            0x98 => "administrative action",
+            0x99 => "payload format invalid",
+            0x9A => "retain not supported",
+            0x9B => "QoS not supported",
+            0x9C => "use another server",
+            0x9D => "server moved",
+            0x9F => "connection rate exceeded",
+            _ => "error",
+        }
+    }
+
     /// The MQTT 3.1 / 3.1.1 CONNACK return code closest to this 5.0 code.
     pub fn to_v3_connack(self) -> u8 {
         match self {

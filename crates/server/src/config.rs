@@ -220,8 +220,10 @@ fn check_one(root: &toml::Table, origin: &str, path: &str) -> Result<(), LoadErr
 fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
         Some(r) => {
-            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
-            format!(" (line {line})")
+            let start = r.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            let src = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!(" (line {line}: `{src}`)")
         }
         None => String::new(),
     }

@@ -14,8 +14,9 @@ struct Cli {
     /// More logging: -v debug, -vv trace (RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Defaults to `serve` with no flags.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -26,7 +27,7 @@ enum Command {
     GenerateConfig,
 }
 
-#[derive(Args)]
+#[derive(Args, Default)]
 struct ServeArgs {
     /// Configuration file (TOML); see `starling generate-config`.
     #[arg(short, long, env = "STARLING_CONFIG")]
@@ -151,7 +152,7 @@ fn serve(args: ServeArgs, verbose: u8) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args, cli.verbose),
         Command::GenerateConfig => {
             print!("{DEFAULT_TOML}");

@@ -77,11 +77,16 @@ where
         // Tell a 5.0 client why, then flush what is pending and close.
         if self.neg.version.is_v5() {
             if let Some(code) = close.server_reason() {
+                // A reason string is always sent unless the client opted
+                // out: some clients (paho-mqtt 2.1) ignore the reason code
+                // of a DISCONNECT that carries no properties.
                 let mut d = Disconnect::new(code);
-                if let Close::Protocol(_, why) = &close {
-                    if self.neg.problem_info {
-                        d.properties.reason_string = Some(MqttStr::from(why.as_str()));
-                    }
+                if self.neg.problem_info {
+                    let why = match &close {
+                        Close::Protocol(_, why) => why.as_str(),
+                        _ => code.description(),
+                    };
+                    d.properties.reason_string = Some(MqttStr::from(why));
                 }
                 self.write_packet(&Packet::Disconnect(d));
             }

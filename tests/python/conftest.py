@@ -1,0 +1,97 @@
+"""Fixtures for the client-compatibility suite: a real `starling` process on
+ephemeral ports, and helpers for paho-mqtt and the mosquitto command-line
+clients."""
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import queue
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("STARLING_BIN", os.path.join(ROOT, "target", "debug", "starling"))
+
+
+class Broker:
+    """A starling node started for one test."""
+
+    def __init__(self, extra_args=()):
+        self.dir = tempfile.TemporaryDirectory(prefix="starling-py-")
+        args = [
+            BIN, "serve",
+            "--mqtt-listen", "127.0.0.1:0",
+            "--ws-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0",
+            "--data-dir", os.path.join(self.dir.name, "data"),
+            *extra_args,
+        ]
+        env = dict(os.environ, RUST_LOG="info", NO_COLOR="1")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        self.log = []
+        self._lines = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.time() + 20
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.1, deadline - time.time()))
+            except queue.Empty:
+                raise RuntimeError("starling did not start:\n" + "".join(self.log))
+            m = re.search(r"starling listening.*mqtt=(\S+) ws=(\S+) http=(\S+)", line)
+            if m:
+                self.mqtt = self._split(m.group(1))
+                self.ws = self._split(m.group(2))
+                self.http = self._split(m.group(3))
+                break
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("starling did not start:\n" + "".join(self.log))
+
+    @staticmethod
+    def _split(addr):
+        host, port = addr.rsplit(":", 1)
+        return host, int(port)
+
+    def _pump(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
+            self._lines.put(line)
+
+    def terminate(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.dir.cleanup()
+
+
+@pytest.fixture
+def broker():
+    b = Broker()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def broker_factory():
+    made = []
+
+    def make(*args):
+        b = Broker(args)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
