@@ -164,6 +164,9 @@ impl Broker {
     /// stops accepting CONNECTs.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+        // Connections learn it through their kick channel (no per-connection
+        // watch): a handshake that attaches after this line sees the flag.
+        self.inner.views.registry.kick_all(ReasonCode::SERVER_SHUTTING_DOWN);
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -8,7 +8,7 @@
 //! attaching a new one kicks the previous owner, and every operation a
 //! connection performs checks that it is still the owner.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,8 +75,9 @@ struct State {
     last_epoch: Option<Epoch>,
     queue: VecDeque<Delivery>,
     inflight: VecDeque<Inflight>,
-    /// Inbound QoS 2 packet ids received but not yet released (PUBREL).
-    inbound_qos2: HashSet<u16>,
+    /// Inbound QoS 2 packet ids received but not yet released (PUBREL);
+    /// at most `receive_maximum` of them.
+    inbound_qos2: Vec<u16>,
     next_packet_id: u16,
     /// Session expiry interval in seconds (u32::MAX = never).
     expiry_interval: u32,
@@ -318,6 +319,20 @@ impl Session {
         Some(())
     }
 
+    /// Returns spare queue capacity to the allocator (idle connections).
+    pub fn shrink(&self) {
+        let mut st = self.state.lock();
+        if st.queue.is_empty() {
+            st.queue = VecDeque::new();
+        }
+        if st.inflight.is_empty() {
+            st.inflight = VecDeque::new();
+        }
+        if st.inbound_qos2.is_empty() {
+            st.inbound_qos2 = Vec::new();
+        }
+    }
+
     pub fn queue_len(&self) -> usize {
         self.state.lock().queue.len()
     }
@@ -398,13 +413,20 @@ impl Session {
         if st.inbound_qos2.len() >= max {
             return Qos2Begin::TooMany;
         }
-        st.inbound_qos2.insert(packet_id);
+        st.inbound_qos2.push(packet_id);
         Qos2Begin::New
     }
 
     /// PUBREL from the client; returns whether the id was known.
     pub fn inbound_qos2_release(&self, packet_id: u16) -> bool {
-        self.state.lock().inbound_qos2.remove(&packet_id)
+        let mut st = self.state.lock();
+        match st.inbound_qos2.iter().position(|&id| id == packet_id) {
+            Some(i) => {
+                st.inbound_qos2.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn inbound_qos2_len(&self) -> usize {

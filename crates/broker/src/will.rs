@@ -57,12 +57,12 @@ impl WillSpec {
 /// A will waiting for its delay in a disconnected session.
 #[derive(Debug, Clone)]
 pub struct PendingWill {
-    pub will: WillSpec,
+    pub will: Box<WillSpec>,
     pub publish_at: Instant,
 }
 
 impl PendingWill {
-    pub fn new(will: WillSpec, now: Instant, session_expiry: u32) -> PendingWill {
+    pub fn new(will: Box<WillSpec>, now: Instant, session_expiry: u32) -> PendingWill {
         let delay = will.delay.min(session_expiry);
         PendingWill { will, publish_at: now + Duration::from_secs(u64::from(delay)) }
     }

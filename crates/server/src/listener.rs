@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use starling_broker::{serve, Broker, ConnectionInfo};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// Which protocol a listener speaks.
 #[derive(Debug, Clone)]
@@ -49,27 +49,45 @@ pub async fn accept_loop(
             continue;
         };
         let _ = socket.set_nodelay(true);
-        let broker = broker.clone();
-        let transport = transport.clone();
-        tokio::spawn(async move {
-            match transport {
-                Transport::Tcp => {
-                    serve(broker, socket, ConnectionInfo { peer: peer.to_string(), transport: "tcp" }).await;
-                }
-                Transport::WebSocket { path } => {
-                    let max = broker.config().max_packet_size as usize + 16;
-                    let timeout = Duration::from_secs(broker.config().connect_timeout_secs);
-                    match tokio::time::timeout(timeout, crate::ws::accept(socket, &path, max)).await {
-                        Ok(Ok(ws)) => {
-                            serve(broker, ws, ConnectionInfo { peer: peer.to_string(), transport: "ws" })
-                                .await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
-                    }
-                }
+        let peer = peer.to_string();
+        // One spawn per transport: each task is sized by its own future
+        // (the WebSocket handshake's state is much larger than a TCP
+        // connection's, and idle connections are what the memory is for).
+        match &transport {
+            Transport::Tcp => {
+                let info = ConnectionInfo { peer, transport: "tcp" };
+                tokio::spawn(serve_with_permit(broker.clone(), socket, info, permit));
             }
-            drop(permit);
-        });
+            Transport::WebSocket { path } => {
+                tokio::spawn(Box::pin(serve_ws(broker.clone(), socket, peer, path.clone(), permit)));
+            }
+        }
+    }
+}
+
+async fn serve_with_permit<S>(broker: Broker, stream: S, info: ConnectionInfo, permit: OwnedSemaphorePermit)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    serve(broker, stream, info).await;
+    drop(permit);
+}
+
+async fn serve_ws(
+    broker: Broker,
+    socket: TcpStream,
+    peer: String,
+    path: String,
+    permit: OwnedSemaphorePermit,
+) {
+    let max = broker.config().max_packet_size as usize + 16;
+    let timeout = Duration::from_secs(broker.config().connect_timeout_secs);
+    match tokio::time::timeout(timeout, crate::ws::accept(socket, &path, max)).await {
+        Ok(Ok(ws)) => {
+            let info = ConnectionInfo { peer, transport: "ws" };
+            Box::pin(serve_with_permit(broker, ws, info, permit)).await
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+        Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
     }
 }

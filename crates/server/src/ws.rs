@@ -58,15 +58,22 @@ where
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(WsStream { inner: ws, pending: Bytes::new(), closed: false })
+    Ok(WsStream::new(ws))
 }
 
 /// A WebSocket seen as a byte stream: reads concatenate binary frames,
-/// each write becomes one binary frame.
+/// each write becomes one binary frame. Works for either side of the
+/// connection (the load generator uses it as a client).
 pub struct WsStream<S> {
     inner: WebSocketStream<S>,
     pending: Bytes,
     closed: bool,
+}
+
+impl<S> WsStream<S> {
+    pub fn new(inner: WebSocketStream<S>) -> WsStream<S> {
+        WsStream { inner, pending: Bytes::new(), closed: false }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {

@@ -2,7 +2,6 @@
 //! timeout, validate it, claim the session through the state port, attach
 //! to the session runtime and resend what was unacknowledged.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -65,7 +64,7 @@ async fn read_first<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut, m
         if rbuf.first().is_some_and(|b| b >> 4 != 1) {
             return First::Gone("first packet is not CONNECT".into());
         }
-        rbuf.reserve(1024);
+        rbuf.reserve(512);
         match reader.read_buf(rbuf).await {
             Ok(0) => return First::Gone("closed before CONNECT".into()),
             Ok(_) => {}
@@ -103,12 +102,12 @@ pub(super) async fn accept<S>(
     mut reader: ReadHalf<S>,
     mut writer: WriteHalf<S>,
     info: &ConnectionInfo,
-) -> Option<Conn<S>>
+) -> Option<Box<Conn<S>>>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let cfg = broker.config().clone();
-    let mut rbuf = BytesMut::with_capacity(4 * 1024);
+    let mut rbuf = BytesMut::with_capacity(512);
     let timeout = Duration::from_secs(cfg.connect_timeout_secs);
     let first =
         match tokio::time::timeout(timeout, read_first(&mut reader, &mut rbuf, cfg.max_packet_size as usize))
@@ -182,7 +181,7 @@ where
             if w.retain && !cfg.retain_available {
                 refuse!(ReasonCode::RETAIN_NOT_SUPPORTED, "retained wills are not available");
             }
-            Some(WillSpec::from_connect(w))
+            Some(Box::new(WillSpec::from_connect(w)))
         }
         None => None,
     };
@@ -234,6 +233,10 @@ where
     }
     let (kick_tx, kick_rx) = oneshot::channel();
     let resend = runtime.attach(epoch, kick_tx, session_expiry);
+    if broker.is_shutting_down() {
+        // Shutdown began while we were claiming: close right after CONNACK.
+        runtime.kick(Some(epoch), ReasonCode::SERVER_SHUTTING_DOWN);
+    }
 
     let mut ack =
         ConnAck { session_present: outcome.session_present, code: 0, properties: Properties::default() };
@@ -252,10 +255,19 @@ where
             p.maximum_qos = Some(broker.inner.max_qos.as_u8());
         }
     }
-    let mut wbuf = BytesMut::with_capacity(4 * 1024);
-    if Packet::ConnAck(ack).encode(version, &mut wbuf).is_err() {
+    // CONNACK goes out directly: the connection holds no write buffer
+    // until it has something to send.
+    let mut out = BytesMut::with_capacity(64);
+    if Packet::ConnAck(ack).encode(version, &mut out).is_err() {
         return None;
     }
+    if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
+        runtime.detach(epoch, std::time::Instant::now(), None);
+        let _ = broker.port().release_session(&client_id, epoch, session_expiry).await;
+        return None;
+    }
+    broker.metrics().bytes_sent.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    drop(out);
     broker.metrics().connection_opened();
     tracing::debug!(
         peer = %info.peer, transport = info.transport, client = %client_id, %version,
@@ -271,12 +283,12 @@ where
         client_alias_max: if v5 { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 },
         problem_info,
     };
-    let mut conn = Conn {
+    let mut conn = Box::new(Conn {
         broker: broker.clone(),
         reader,
         writer,
         rbuf,
-        wbuf,
+        wbuf: BytesMut::new(),
         info: info.clone(),
         client: client_id,
         epoch,
@@ -284,12 +296,18 @@ where
         neg,
         will,
         kick: kick_rx,
-        shutdown: broker.shutdown_signal(),
-        inbound_aliases: HashMap::new(),
-        outbound_aliases: HashMap::new(),
+        aliases: None,
         want_drain: true,
         keepalive_deadline: None,
-    };
+        shrink_at: None,
+        timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        timer_at: None,
+    });
+    // Most clients send nothing right after CONNECT: hold no read buffer
+    // until they do (the first read allocates a small one).
+    if conn.rbuf.is_empty() {
+        conn.rbuf = BytesMut::new();
+    }
     conn.touch_keepalive();
     conn.resend(resend);
     Some(conn)

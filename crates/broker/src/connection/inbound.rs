@@ -15,6 +15,14 @@ use crate::port::{PortError, SubscribeRequest};
 use crate::session::Qos2Begin;
 use crate::topic::{validate_topic_name, TopicFilter};
 
+/// A packet whose handling waits for the state port.
+pub(super) enum Deferred {
+    Subscribe(Subscribe),
+    Unsubscribe(Unsubscribe),
+    /// A retained PUBLISH: store, then route and acknowledge.
+    Retain(Arc<Message>, u16),
+}
+
 fn port_close(e: PortError) -> Close {
     match e {
         PortError::NotOwner => Close::Kicked(ReasonCode::SESSION_TAKEN_OVER),
@@ -30,30 +38,44 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     /// Decodes and handles every complete packet in the read buffer.
+    ///
+    /// Packets are handled synchronously; only the few that must wait for
+    /// the state port (SUBSCRIBE, UNSUBSCRIBE, a retained PUBLISH) continue
+    /// in a boxed future, so an idle connection's task stays small.
     pub(super) async fn process_input(&mut self, max_packet: usize) -> Result<(), Close> {
+        while let Some(deferred) = self.handle_buffered(max_packet)? {
+            Box::pin(self.run_deferred(*deferred)).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles buffered packets until one must wait for the state port
+    /// (returned) or the buffer holds no complete packet (`None`).
+    fn handle_buffered(&mut self, max_packet: usize) -> Result<Option<Box<Deferred>>, Close> {
         loop {
             let packet = match decode(&mut self.rbuf, self.neg.version, max_packet) {
                 Ok(Some(p)) => p,
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(None),
                 Err(e) => {
                     self.broker.metrics().protocol_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Err(Close::Protocol(e.reason_code(), e.to_string()));
                 }
             };
-            self.touch_keepalive();
-            self.handle(packet).await?;
+            if let Some(deferred) = self.handle(packet)? {
+                return Ok(Some(Box::new(deferred)));
+            }
         }
     }
 
-    async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+    fn handle(&mut self, packet: Packet) -> Result<Option<Deferred>, Close> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p).await,
-            Packet::Ack(a) => self.on_ack(a),
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::Ack(a) => self.on_ack(a).map(|()| None),
+            Packet::Subscribe(s) => Ok(Some(Deferred::Subscribe(s))),
+            Packet::Unsubscribe(u) => Ok(Some(Deferred::Unsubscribe(u))),
             Packet::PingReq => {
                 self.write_packet(&Packet::PingResp);
-                Ok(())
+                Ok(None)
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
             Packet::Connect(_) => Err(self.protocol_error(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
@@ -72,6 +94,24 @@ where
         }
     }
 
+    async fn run_deferred(&mut self, d: Deferred) -> Result<(), Close> {
+        match d {
+            Deferred::Subscribe(s) => self.on_subscribe(s).await,
+            Deferred::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Deferred::Retain(msg, packet_id) => {
+                if let Err(e) = self.broker.retain(&msg).await {
+                    // Not delivered: a resent PUBLISH must not look like a duplicate.
+                    if msg.qos == QoS::ExactlyOnce {
+                        self.session.inbound_qos2_release(packet_id);
+                    }
+                    return Err(port_close(e));
+                }
+                self.route_and_ack(&msg, packet_id);
+                Ok(())
+            }
+        }
+    }
+
     fn protocol_error(&self, code: ReasonCode, why: &str) -> Close {
         self.broker.metrics().protocol_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Close::Protocol(code, why.to_string())
@@ -81,22 +121,23 @@ where
         Packet::Ack(Ack::with_reason(kind, packet_id, reason))
     }
 
-    async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
+    fn on_publish(&mut self, mut p: Publish) -> Result<Option<Deferred>, Close> {
         let v5 = self.neg.version.is_v5();
         // Topic alias (5.0): set or resolve.
         if let Some(alias) = p.properties.topic_alias.take() {
             if alias == 0 || alias > self.broker.config().topic_alias_maximum {
                 return Err(self.protocol_error(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"));
             }
+            let aliases = self.aliases.get_or_insert_with(Default::default);
             if p.topic.is_empty() {
-                match self.inbound_aliases.get(&alias) {
+                match aliases.inbound.get(&alias) {
                     Some(t) => p.topic = t.clone(),
                     None => {
                         return Err(self.protocol_error(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"))
                     }
                 }
             } else {
-                self.inbound_aliases.insert(alias, p.topic.clone());
+                aliases.inbound.insert(alias, p.topic.clone());
             }
         }
         if let Err(e) = validate_topic_name(&p.topic, &self.broker.inner.topic_limits) {
@@ -122,7 +163,7 @@ where
                 Qos2Begin::Duplicate => {
                     // Duplicate before PUBREL: acknowledge, do not deliver again.
                     self.write_packet(&Packet::Ack(Ack::new(AckKind::PubRec, p.packet_id)));
-                    return Ok(());
+                    return Ok(None);
                 }
                 Qos2Begin::TooMany => {
                     return Err(
@@ -146,24 +187,27 @@ where
         }
         msg.publisher = Some(self.client.clone());
         let msg = Arc::new(msg);
-        let outcome = match self.broker.publish(msg).await {
-            Ok(o) => o,
-            Err(e) => {
-                // Not delivered: a resent PUBLISH must not look like a duplicate.
-                if p.qos == QoS::ExactlyOnce {
-                    self.session.inbound_qos2_release(p.packet_id);
-                }
-                return Err(port_close(e));
-            }
-        };
-        let reason =
-            if v5 && !outcome.matched() { ReasonCode::NO_MATCHING_SUBSCRIBERS } else { ReasonCode::SUCCESS };
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.write_packet(&self.ack_reason(AckKind::PubAck, p.packet_id, reason)),
-            QoS::ExactlyOnce => self.write_packet(&self.ack_reason(AckKind::PubRec, p.packet_id, reason)),
+        if msg.retain {
+            return Ok(Some(Deferred::Retain(msg, p.packet_id)));
         }
-        Ok(())
+        self.route_and_ack(&msg, p.packet_id);
+        Ok(None)
+    }
+
+    /// Delivers an accepted PUBLISH and acknowledges it (5.0: 0x10 when no
+    /// subscriber matched).
+    fn route_and_ack(&mut self, msg: &Arc<Message>, packet_id: u16) {
+        let outcome = self.broker.route(msg);
+        let reason = if self.neg.version.is_v5() && !outcome.matched() {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
+        match msg.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.write_packet(&self.ack_reason(AckKind::PubAck, packet_id, reason)),
+            QoS::ExactlyOnce => self.write_packet(&self.ack_reason(AckKind::PubRec, packet_id, reason)),
+        }
     }
 
     fn on_ack(&mut self, a: Ack) -> Result<(), Close> {

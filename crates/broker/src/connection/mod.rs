@@ -20,14 +20,16 @@ mod inbound;
 mod outbound;
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use starling_codec::{MqttStr, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{oneshot, watch};
-use tokio::time::Instant;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 use crate::broker::Broker;
 use crate::ids::{ClientId, Epoch};
@@ -42,6 +44,10 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const WRITE_PAUSE_READS: usize = 256 * 1024;
 /// Deliveries taken from the session queue per lock.
 const DRAIN_BATCH: usize = 64;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 8 * 1024;
+/// A connection quiet for this long releases its read and write buffers.
+const IDLE_SHRINK: Duration = Duration::from_secs(2);
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -60,7 +66,9 @@ where
     broker.connection_started();
     let guard = FinishGuard(broker.clone());
     let (reader, writer) = tokio::io::split(stream);
-    if let Some(conn) = handshake::accept(&broker, reader, writer, &info).await {
+    // Boxed: the handshake's state is large and needed only once, so it
+    // must not size the long-lived connection task.
+    if let Some(conn) = Box::pin(handshake::accept(&broker, reader, writer, &info)).await {
         conn.run().await;
     }
     drop(guard);
@@ -90,6 +98,15 @@ struct Negotiated {
     problem_info: bool,
 }
 
+/// 5.0 topic aliases of one connection.
+#[derive(Default)]
+struct TopicAliases {
+    /// Set by the client: alias → topic.
+    inbound: HashMap<u16, MqttStr>,
+    /// Assigned by us towards the client: topic → alias.
+    outbound: HashMap<MqttStr, u16>,
+}
+
 /// A connected, authenticated client.
 struct Conn<S> {
     broker: Broker,
@@ -102,30 +119,34 @@ struct Conn<S> {
     epoch: Epoch,
     session: Arc<Session>,
     neg: Negotiated,
-    will: Option<WillSpec>,
+    will: Option<Box<WillSpec>>,
     kick: oneshot::Receiver<Kick>,
-    shutdown: watch::Receiver<bool>,
-    /// 5.0 topic aliases the client set: alias → topic.
-    inbound_aliases: HashMap<u16, MqttStr>,
-    /// Topic aliases we assigned towards the client.
-    outbound_aliases: HashMap<MqttStr, u16>,
+    /// 5.0 topic aliases, allocated on first use.
+    aliases: Option<Box<TopicAliases>>,
     /// Whether the session queue may hold sendable deliveries.
     want_drain: bool,
     keepalive_deadline: Option<Instant>,
+    /// When idle buffers are released.
+    shrink_at: Option<Instant>,
+    /// One timer for the keep-alive deadline and the idle release; armed
+    /// for `timer_at`.
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
 }
 
 impl<S> Conn<S>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    async fn run(mut self) {
+    /// Boxed so the long-lived task holds a pointer, not the state.
+    async fn run(mut self: Box<Self>) {
         let max_packet = self.broker.config().max_packet_size as usize;
         // Packets pipelined behind CONNECT arrived with it.
         let close = match self.process_input(max_packet).await {
             Ok(()) => self.main_loop().await,
             Err(c) => c,
         };
-        self.finish(close).await;
+        Box::pin((*self).finish(close)).await;
     }
 
     async fn main_loop(&mut self) -> Close {
@@ -136,25 +157,26 @@ where
                     return c;
                 }
             }
+            self.arm_timer();
             let can_read = self.wbuf.len() < WRITE_PAUSE_READS;
-            let deadline = self.keepalive_deadline;
-            let session = self.session.clone();
+            let spare = self.rbuf.capacity() - self.rbuf.len();
+            let timer_armed = self.timer_at.is_some();
             tokio::select! {
                 biased;
                 kick = &mut self.kick => {
                     return match kick {
+                        Ok(k) if k.reason == ReasonCode::SERVER_SHUTTING_DOWN => Close::Shutdown,
                         Ok(k) => Close::Kicked(k.reason),
                         // The session dropped our kick handle: another
                         // connection owns it now.
                         Err(_) => Close::Kicked(ReasonCode::SESSION_TAKEN_OVER),
                     };
                 }
-                _ = self.shutdown.changed() => return Close::Shutdown,
                 res = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
                     match res {
                         Ok(0) => return Close::Lost("write returned 0".into()),
                         Ok(n) => {
-                            self.broker.metrics().bytes_sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            self.broker.metrics().bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                             if self.wbuf.is_empty() {
                                 if let Err(e) = self.writer.flush().await {
                                     return Close::Lost(e.to_string());
@@ -168,37 +190,78 @@ where
                     match res {
                         Ok(0) => return Close::Lost("connection closed by client".into()),
                         Ok(n) => {
-                            self.broker.metrics().bytes_received.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            self.broker.metrics().bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                            self.touch_keepalive();
+                            // A read that filled the spare room means a busy
+                            // client: grow in large steps. Otherwise stay small.
+                            let busy = n >= spare;
                             if let Err(c) = self.process_input(max_packet).await {
                                 return c;
                             }
-                            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                                self.rbuf.reserve(8 * 1024);
+                            if self.rbuf.capacity() - self.rbuf.len() < 256 {
+                                self.rbuf.reserve(if busy { READ_CHUNK } else { 512 });
                             }
                         }
                         Err(e) => return Close::Lost(e.to_string()),
                     }
                 }
-                _ = session.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {
+                _ = self.session.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {
                     self.want_drain = true;
                 }
-                _ = sleep_until_opt(deadline) => {
-                    return Close::KeepAlive;
+                _ = &mut self.timer, if timer_armed => {
+                    if let Some(close) = self.on_timer() {
+                        return close;
+                    }
                 }
             }
         }
     }
 
+    /// Records client activity: moves the keep-alive deadline (1.5 × keep
+    /// alive) and postpones the idle buffer release. Only fields change;
+    /// the timer is re-armed lazily (`arm_timer`).
     fn touch_keepalive(&mut self) {
+        let now = Instant::now();
         if !self.neg.keep_alive.is_zero() {
-            self.keepalive_deadline = Some(Instant::now() + self.neg.keep_alive.mul_f32(1.5));
+            self.keepalive_deadline = Some(now + self.neg.keep_alive.mul_f32(1.5));
+        }
+        self.shrink_at = Some(now + IDLE_SHRINK);
+    }
+
+    /// Arms the timer for the earliest pending deadline, unless it is
+    /// already armed for an earlier one (it then fires early, finds the
+    /// deadline moved, and is re-armed).
+    fn arm_timer(&mut self) {
+        let desired = match (self.keepalive_deadline, self.shrink_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(d) = desired {
+            if self.timer_at.is_none_or(|at| d < at) {
+                self.timer.as_mut().reset(d);
+                self.timer_at = Some(d);
+            }
         }
     }
-}
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+    fn on_timer(&mut self) -> Option<Close> {
+        self.timer_at = None;
+        let now = Instant::now();
+        if self.keepalive_deadline.is_some_and(|d| d <= now) {
+            return Some(Close::KeepAlive);
+        }
+        if self.shrink_at.is_some_and(|t| t <= now) {
+            // An idle connection keeps no buffers: this is what holds the
+            // memory of many idle clients down.
+            self.shrink_at = None;
+            if self.rbuf.is_empty() {
+                self.rbuf = BytesMut::new();
+            }
+            if self.wbuf.is_empty() {
+                self.wbuf = BytesMut::new();
+            }
+            self.session.shrink();
+        }
+        None
     }
 }

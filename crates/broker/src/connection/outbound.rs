@@ -91,13 +91,14 @@ where
                 props.user_properties = m.properties.user_properties.clone();
             }
             if self.neg.client_alias_max > 0 {
-                match self.outbound_aliases.get(&m.topic) {
+                let aliases = self.aliases.get_or_insert_with(Default::default);
+                match aliases.outbound.get(&m.topic) {
                     Some(&a) => {
                         props.topic_alias = Some(a);
                         p.topic = Default::default();
                     }
                     None => {
-                        let next = self.outbound_aliases.len() as u16 + 1;
+                        let next = aliases.outbound.len() as u16 + 1;
                         if next <= self.neg.client_alias_max {
                             props.topic_alias = Some(next);
                             new_alias = Some(next);
@@ -117,7 +118,7 @@ where
             return;
         }
         if let Some(a) = new_alias {
-            self.outbound_aliases.insert(m.topic.clone(), a);
+            self.aliases.get_or_insert_with(Default::default).outbound.insert(m.topic.clone(), a);
         }
         self.write_packet(&Packet::Publish(p));
         self.broker.metrics().sent(d.qos);
