@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import queue
+import urllib.request
 
 import pytest
 
@@ -27,6 +28,7 @@ class Broker:
             "--mqtt-listen", "127.0.0.1:0",
             "--ws-listen", "127.0.0.1:0",
             "--http-listen", "127.0.0.1:0",
+            "--grpc-listen", "127.0.0.1:0",
             "--data-dir", os.path.join(self.dir.name, "data"),
             *extra_args,
         ]
@@ -49,6 +51,18 @@ class Broker:
                 break
             if time.time() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("starling did not start:\n" + "".join(self.log))
+        # Ready once the node's one-member cluster has elected itself.
+        while not self.ready():
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("starling did not become ready:\n" + "".join(self.log))
+            time.sleep(0.05)
+
+    def ready(self):
+        try:
+            with urllib.request.urlopen(f"http://{self.http[0]}:{self.http[1]}/health/ready", timeout=2) as r:
+                return r.status == 200
+        except Exception:
+            return False
 
     @staticmethod
     def _split(addr):

@@ -41,13 +41,23 @@ impl TestServer {
         tweak(&mut config);
         config.validate().expect("valid test config");
         let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
-        let listeners =
-            Listeners { mqtt: Some(bind().await), ws: Some(bind().await), http: Some(bind().await) };
+        let listeners = Listeners {
+            mqtt: Some(bind().await),
+            ws: Some(bind().await),
+            http: Some(bind().await),
+            grpc: Some(bind().await),
+        };
         let a = listeners.addresses();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(starling_server::run(config, listeners, async move {
             let _ = rx.await;
         }));
+        // A one-member cluster is ready once it has elected itself.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while http_get(a.http.expect("http"), "/health/ready").await.0 != 200 {
+            assert!(std::time::Instant::now() < deadline, "test server not ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         TestServer {
             mqtt: a.mqtt.expect("mqtt"),
             ws: a.ws.expect("ws"),

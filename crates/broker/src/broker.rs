@@ -4,13 +4,14 @@
 //! `connection/`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use starling_codec::{QoS, ReasonCode};
 use tokio::sync::{watch, Notify};
 
 use crate::config::MqttConfig;
+use crate::forward::Forwarder;
 use crate::ids::{ClientId, Epoch, EpochSource, NodeId};
 use crate::memory::{MemoryState, Views};
 use crate::metrics::{Gauges, Metrics};
@@ -36,6 +37,8 @@ pub(crate) struct Inner {
     next_client_seq: AtomicU64,
     live_connections: AtomicUsize,
     idle: Notify,
+    /// Delivery to other nodes; unset on a single process.
+    pub(crate) forwarder: OnceLock<Arc<dyn Forwarder>>,
 }
 
 /// A running broker node's MQTT side.
@@ -79,6 +82,7 @@ impl Broker {
                 next_client_seq: AtomicU64::new(0),
                 live_connections: AtomicUsize::new(0),
                 idle: Notify::new(),
+                forwarder: OnceLock::new(),
             }),
         }
     }
@@ -88,6 +92,11 @@ impl Broker {
         let views = Views::default();
         let port = Arc::new(MemoryState::new(views.clone()));
         Broker::new(NodeId(1), config, Arc::new(Metrics::default()), views, port)
+    }
+
+    /// Installs the forwarder for remote subscribers (once, at startup).
+    pub fn set_forwarder(&self, f: Arc<dyn Forwarder>) {
+        let _ = self.inner.forwarder.set(f);
     }
 
     pub fn node_id(&self) -> NodeId {

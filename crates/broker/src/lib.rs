@@ -10,6 +10,7 @@
 mod broker;
 pub mod config;
 pub mod connection;
+pub mod forward;
 pub mod ids;
 pub mod memory;
 pub mod message;

@@ -18,6 +18,7 @@ use crate::ids::{ClientId, Epoch};
 use crate::message::Message;
 use crate::session::Session;
 use crate::topic::TopicFilter;
+use crate::will::WillSpec;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PortError {
@@ -46,6 +47,9 @@ pub struct SessionClaim {
     /// The runtime to install on this node: a fresh one, or the existing
     /// runtime when resuming a session held here.
     pub runtime: Arc<Session>,
+    /// The connection's will, kept with the replicated session so that it
+    /// is published even if this node dies.
+    pub will: Option<WillSpec>,
 }
 
 #[derive(Debug, Clone)]

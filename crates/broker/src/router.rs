@@ -11,6 +11,7 @@ use std::time::Instant;
 use starling_codec::QoS;
 
 use crate::broker::Broker;
+use crate::forward::{AckWaiter, RemotePlan, SharedTarget};
 use crate::ids::NodeId;
 use crate::message::{Delivery, Message};
 use crate::port::PortError;
@@ -26,18 +27,32 @@ struct Candidate {
 }
 
 /// What happened to a published message on this node.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct PublishOutcome {
     /// Deliveries queued to local sessions.
     pub delivered: usize,
-    /// Other nodes with matching subscribers.
+    /// Other nodes the message was forwarded to.
     pub remote_nodes: Vec<NodeId>,
+    /// For QoS 1/2 with remote subscribers: completes when the peers
+    /// acknowledged; the publisher's PUBACK/PUBREC waits for it.
+    pub ack: Option<AckWaiter>,
 }
 
 impl PublishOutcome {
     pub fn matched(&self) -> bool {
         self.delivered > 0 || !self.remote_nodes.is_empty()
     }
+}
+
+fn plan_for(plans: &mut Vec<RemotePlan>, node: NodeId) -> &mut RemotePlan {
+    let i = match plans.iter().position(|p| p.node == node) {
+        Some(i) => i,
+        None => {
+            plans.push(RemotePlan { node, deliver_normal: false, shared: Vec::new() });
+            plans.len() - 1
+        }
+    };
+    &mut plans[i]
 }
 
 fn candidate(route: &Route, session: &Arc<Session>, msg: &Message) -> Candidate {
@@ -50,12 +65,12 @@ fn candidate(route: &Route, session: &Arc<Session>, msg: &Message) -> Candidate 
 }
 
 impl Broker {
-    /// Delivers `msg` to every matching local session and reports which
-    /// remote nodes have subscribers (the cluster forwards to them).
+    /// Delivers `msg` to every matching local session and forwards it to
+    /// the other nodes that have matching subscribers.
     pub fn route(&self, msg: &Arc<Message>) -> PublishOutcome {
         let mut normal: Vec<Candidate> = Vec::new();
         let mut shared: Vec<Candidate> = Vec::new();
-        let mut remote: Vec<NodeId> = Vec::new();
+        let mut plans: Vec<RemotePlan> = Vec::new();
         let publisher = msg.publisher.as_ref();
         self.inner.views.routes.for_each_match(&msg.topic, |m| match m {
             Matched::Route(r) => {
@@ -64,18 +79,40 @@ impl Broker {
                 }
                 match &r.target {
                     RouteTarget::Local(s) => normal.push(candidate(r, s, msg)),
-                    RouteTarget::Remote(n) => remote.push(*n),
+                    RouteTarget::Remote(n) => plan_for(&mut plans, *n).deliver_normal = true,
+                    RouteTarget::Unowned => {}
                 }
             }
             Matched::Shared(g) => {
                 if let Some(r) = g.pick() {
                     match &r.target {
                         RouteTarget::Local(s) => shared.push(candidate(r, s, msg)),
-                        RouteTarget::Remote(n) => remote.push(*n),
+                        RouteTarget::Remote(n) => plan_for(&mut plans, *n).shared.push(SharedTarget {
+                            client: r.client.clone(),
+                            qos: msg.qos.min(r.options.qos),
+                            subscription_id: r.subscription_id,
+                        }),
+                        RouteTarget::Unowned => {}
                     }
                 }
             }
         });
+        let mut outcome = self.enqueue_all(msg, normal, shared);
+        if !plans.is_empty() {
+            outcome.remote_nodes = plans.iter().map(|p| p.node).collect();
+            if let Some(f) = self.inner.forwarder.get() {
+                outcome.ack = f.forward(msg, plans, msg.qos != QoS::AtMostOnce);
+            }
+        }
+        outcome
+    }
+
+    fn enqueue_all(
+        &self,
+        msg: &Arc<Message>,
+        mut normal: Vec<Candidate>,
+        shared: Vec<Candidate>,
+    ) -> PublishOutcome {
         merge_overlapping(&mut normal);
         let mut outcome = PublishOutcome::default();
         for c in normal.into_iter().chain(shared) {
@@ -89,10 +126,63 @@ impl Broker {
                 outcome.delivered += 1;
             }
         }
-        remote.sort_unstable();
-        remote.dedup();
-        outcome.remote_nodes = remote;
         outcome
+    }
+
+    /// Delivers a message forwarded by another node: to this node's
+    /// matching plain subscribers (`deliver_normal`) and to the chosen
+    /// shared members that live here. Never forwards.
+    pub fn deliver_local(&self, msg: &Arc<Message>, deliver_normal: bool, shared: &[SharedTarget]) -> usize {
+        let mut normal: Vec<Candidate> = Vec::new();
+        if deliver_normal {
+            let publisher = msg.publisher.as_ref();
+            self.inner.views.routes.for_each_match(&msg.topic, |m| {
+                if let Matched::Route(r) = m {
+                    if r.options.no_local && publisher == Some(&r.client) {
+                        return;
+                    }
+                    if let RouteTarget::Local(s) = &r.target {
+                        normal.push(candidate(r, s, msg));
+                    }
+                }
+            });
+        }
+        let mut picked = Vec::new();
+        for t in shared {
+            if let Some(s) = self.inner.views.registry.get(&t.client) {
+                picked.push(Candidate {
+                    session: s,
+                    qos: t.qos,
+                    retain: false,
+                    subscription_ids: t.subscription_id.into_iter().collect(),
+                });
+            }
+        }
+        self.enqueue_all(msg, normal, picked).delivered
+    }
+
+    /// Delivers a message that every node publishes for itself (a will
+    /// released by a replicated command): local plain subscribers, and for
+    /// each matching shared group the member every node picks the same
+    /// way, if it lives here.
+    pub fn deliver_replicated(&self, msg: &Arc<Message>) -> usize {
+        let mut normal: Vec<Candidate> = Vec::new();
+        let mut shared: Vec<Candidate> = Vec::new();
+        self.inner.views.routes.for_each_match(&msg.topic, |m| match m {
+            Matched::Route(r) => {
+                if let RouteTarget::Local(s) = &r.target {
+                    normal.push(candidate(r, s, msg));
+                }
+            }
+            Matched::Shared(g) => {
+                if let Some(r) = g.pick_deterministic(&msg.topic) {
+                    if let RouteTarget::Local(s) = &r.target {
+                        shared.push(candidate(r, s, msg));
+                    }
+                }
+            }
+        });
+        self.enqueue_all(msg, normal, shared).delivered
     }
 
     /// Stores the retained state of a PUBLISH with RETAIN set (an empty
@@ -109,6 +199,7 @@ impl Broker {
     }
 
     /// Publishes as a client would: retained state first, then routing.
+    /// Used for wills; forwarded acknowledgements are not awaited.
     pub async fn publish(&self, msg: Arc<Message>) -> Result<PublishOutcome, PortError> {
         if msg.retain {
             self.retain(&msg).await?;

@@ -24,6 +24,9 @@ pub enum RouteTarget {
     Local(Arc<Session>),
     /// A session owned by another node; the message is forwarded there.
     Remote(NodeId),
+    /// A persistent session whose node died and that no node owns until
+    /// its client reconnects: messages for it are not delivered.
+    Unowned,
 }
 
 impl std::fmt::Debug for RouteTarget {
@@ -31,6 +34,7 @@ impl std::fmt::Debug for RouteTarget {
         match self {
             RouteTarget::Local(s) => write!(f, "Local({})", s.client_id()),
             RouteTarget::Remote(n) => write!(f, "Remote({n})"),
+            RouteTarget::Unowned => f.write_str("Unowned"),
         }
     }
 }
@@ -65,10 +69,28 @@ impl SharedGroup {
             let r = &self.members[(start + i) % n];
             match &r.target {
                 RouteTarget::Local(s) if !s.is_online() => continue,
+                RouteTarget::Unowned => continue,
                 _ => return Some(r),
             }
         }
         Some(&self.members[start % n])
+    }
+}
+
+impl SharedGroup {
+    /// The member every node picks for `key` given the same membership:
+    /// the group's members ordered by client id, indexed by a hash of the
+    /// key. Used when each node delivers its share of a replicated event.
+    pub fn pick_deterministic(&self, key: &str) -> Option<&Route> {
+        let mut members: Vec<&Route> = self.members.iter().collect();
+        members.sort_by(|a, b| a.client.cmp(&b.client));
+        // FNV-1a: stable across processes and versions, unlike the std hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        members.get((h % members.len().max(1) as u64) as usize).copied()
     }
 }
 
@@ -314,6 +336,12 @@ impl RouteTable {
             }
             None => false,
         }
+    }
+
+    /// Removes every subscription (a snapshot install rebuilds the table).
+    pub fn clear(&self) {
+        *self.root.write() = Node::default();
+        self.count.store(0, Ordering::Relaxed);
     }
 
     /// Calls `f` for every subscription matching `topic`, under the read lock.

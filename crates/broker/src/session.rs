@@ -319,6 +319,30 @@ impl Session {
         Some(())
     }
 
+    /// Takes everything the session still has to deliver — unacknowledged
+    /// messages first, then the queue — for the node the session moved to.
+    pub fn drain_all(&self) -> Vec<Delivery> {
+        let mut st = self.state.lock();
+        let mut out: Vec<Delivery> = st.inflight.drain(..).map(|i| i.delivery).collect();
+        out.extend(st.queue.drain(..));
+        out
+    }
+
+    /// Puts deliveries handed over by the previous owner in front of
+    /// anything queued since, keeping their order.
+    pub fn requeue_front(&self, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        {
+            let mut st = self.state.lock();
+            for d in deliveries.into_iter().rev() {
+                st.queue.push_front(d);
+            }
+        }
+        self.notify.notify_one();
+    }
+
     /// Returns spare queue capacity to the allocator (idle connections).
     pub fn shrink(&self) {
         let mut st = self.state.lock();

@@ -51,6 +51,40 @@ impl Default for ListenerConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    pub grpc: String,
+    pub advertise_grpc: String,
+    pub advertise_mqtt: String,
+    pub advertise_http: String,
+    pub join: String,
+    pub bootstrap: bool,
+    pub node_down_after_secs: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_every: u64,
+    pub write_timeout_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            grpc: "0.0.0.0:7000".into(),
+            advertise_grpc: String::new(),
+            advertise_mqtt: String::new(),
+            advertise_http: String::new(),
+            join: String::new(),
+            bootstrap: true,
+            node_down_after_secs: 5,
+            heartbeat_ms: 150,
+            election_timeout_ms: 1000,
+            snapshot_every: 10_000,
+            write_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
 }
@@ -67,6 +101,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub listeners: ListenerConfig,
     pub mqtt: MqttConfig,
+    pub cluster: ClusterSection,
     pub log: LogConfig,
 }
 
@@ -99,6 +134,38 @@ impl Config {
             return Err(ConfigError::new("listeners.max_connections", "must be at least 1"));
         }
         self.mqtt.validate("mqtt.")?;
+        let c = &self.cluster;
+        if listen_addr("cluster.grpc", &c.grpc)?.is_none() {
+            return Err(ConfigError::new(
+                "cluster.grpc",
+                "the gRPC listener cannot be off: peers and the CLI use it",
+            ));
+        }
+        if c.heartbeat_ms == 0 || c.heartbeat_ms * 3 > c.election_timeout_ms {
+            return Err(ConfigError::new(
+                "cluster.heartbeat_ms",
+                "must be positive and at most a third of cluster.election_timeout_ms",
+            ));
+        }
+        if c.node_down_after_secs == 0 {
+            return Err(ConfigError::new("cluster.node_down_after_secs", "must be at least 1"));
+        }
+        if c.snapshot_every < 100 {
+            return Err(ConfigError::new("cluster.snapshot_every", "must be at least 100"));
+        }
+        if c.write_timeout_ms < 100 {
+            return Err(ConfigError::new("cluster.write_timeout_ms", "must be at least 100"));
+        }
+        for (key, v) in [
+            ("cluster.advertise_grpc", &c.advertise_grpc),
+            ("cluster.advertise_mqtt", &c.advertise_mqtt),
+            ("cluster.advertise_http", &c.advertise_http),
+            ("cluster.join", &c.join),
+        ] {
+            if !v.is_empty() && !v.contains(':') {
+                return Err(ConfigError::new(key, format!("`{v}` must be host:port")));
+            }
+        }
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! is the command line on top of this library; tests call `run` directly
 //! with listeners bound to port 0.
 
+pub mod admin;
 pub mod config;
 pub mod http;
 pub mod listener;

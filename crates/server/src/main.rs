@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use starling_server::config::{self, Config, DEFAULT_TOML};
-use starling_server::{run, Listeners};
+use starling_server::{admin, run, Listeners};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -25,6 +25,43 @@ enum Command {
     Serve(ServeArgs),
     /// Print the default configuration file, with comments.
     GenerateConfig,
+    /// Cluster administration: status and membership.
+    Cluster {
+        /// A node's gRPC address.
+        #[arg(long, global = true, default_value = "127.0.0.1:7000", env = "STARLING_ADMIN_SERVER")]
+        server: String,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, roles, leader, term, commit/applied index, lag, liveness.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a running node (started with `cluster.bootstrap = false`): it
+    /// becomes a learner, catches up, then a voter.
+    Add {
+        /// The new node's id (`node.id`).
+        node_id: u64,
+        /// The new node's gRPC address.
+        grpc: String,
+    },
+    /// Drain the node given by --server (its clients are sent to other
+    /// nodes) and take it out of the cluster.
+    Leave,
+    /// Remove a node from the cluster.
+    Remove {
+        node_id: u64,
+        /// Remove even though the node still answers (use for dead nodes;
+        /// a live node should `leave`).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Default)]
@@ -47,6 +84,20 @@ struct ServeArgs {
     /// This node's id (node.id).
     #[arg(long)]
     node_id: Option<u64>,
+    /// gRPC listen address for peers and the admin CLI (cluster.grpc).
+    #[arg(long)]
+    grpc_listen: Option<String>,
+    /// Join the cluster of this member's gRPC address (cluster.join).
+    #[arg(long)]
+    join: Option<String>,
+    /// Do not start a new cluster on an empty data directory; wait to be
+    /// added with `starling cluster add` (cluster.bootstrap = false).
+    #[arg(long, conflicts_with = "bootstrap")]
+    no_bootstrap: bool,
+    /// Start a new one-member cluster on an empty data directory (the
+    /// default; cluster.bootstrap = true).
+    #[arg(long)]
+    bootstrap: bool,
     /// Any setting, as table.key=value (repeatable), e.g. --set mqtt.max_inflight=64.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -70,6 +121,18 @@ impl ServeArgs {
         }
         if let Some(v) = self.node_id {
             o.push(("node.id".into(), v.to_string()));
+        }
+        if let Some(v) = &self.grpc_listen {
+            o.push(("cluster.grpc".into(), quote(v)));
+        }
+        if let Some(v) = &self.join {
+            o.push(("cluster.join".into(), quote(v)));
+        }
+        if self.no_bootstrap {
+            o.push(("cluster.bootstrap".into(), "false".into()));
+        }
+        if self.bootstrap {
+            o.push(("cluster.bootstrap".into(), "true".into()));
         }
         for s in &self.set {
             let (k, v) = s.split_once('=').ok_or_else(|| format!("--set {s}: expected table.key=value"))?;
@@ -150,6 +213,31 @@ fn serve(args: ServeArgs, verbose: u8) -> ExitCode {
     }
 }
 
+fn cluster(server: &str, command: ClusterCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("starling: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match command {
+            ClusterCommand::Status { json } => admin::status(server, json).await,
+            ClusterCommand::Add { node_id, grpc } => admin::add(server, node_id, &grpc).await,
+            ClusterCommand::Leave => admin::leave(server).await,
+            ClusterCommand::Remove { node_id, force } => admin::remove(server, node_id, force).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("starling: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
@@ -158,5 +246,6 @@ fn main() -> ExitCode {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS
         }
+        Command::Cluster { server, command } => cluster(&server, command),
     }
 }

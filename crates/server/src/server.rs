@@ -1,5 +1,7 @@
-//! Wiring: bind the listeners, start the broker, run until the shutdown
-//! future resolves, then stop in order (listeners, connections, HTTP).
+//! Wiring: bind the listeners, start the cluster node (a one-member
+//! cluster by default) and its broker, run until the shutdown future
+//! resolves, then stop in order: MQTT listeners, connections, HTTP, gRPC,
+//! Raft.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,10 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use starling_broker::ids::NodeId;
-use starling_broker::memory::{MemoryState, Views};
 use starling_broker::metrics::Metrics;
-use starling_broker::Broker;
+use starling_cluster::types::NodeInfo;
+use starling_cluster::{ClusterConfig, ClusterNode};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -23,6 +24,7 @@ pub struct Listeners {
     pub mqtt: Option<TcpListener>,
     pub ws: Option<TcpListener>,
     pub http: Option<TcpListener>,
+    pub grpc: Option<TcpListener>,
 }
 
 /// The addresses actually bound.
@@ -31,6 +33,7 @@ pub struct Addresses {
     pub mqtt: Option<SocketAddr>,
     pub ws: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    pub grpc: Option<SocketAddr>,
 }
 
 async fn bind(key: &str, value: &str) -> anyhow::Result<Option<TcpListener>> {
@@ -52,12 +55,31 @@ impl Listeners {
             mqtt: bind("listeners.mqtt", &l.mqtt).await?,
             ws: bind("listeners.ws", &l.ws).await?,
             http: bind("listeners.http", &l.http).await?,
+            grpc: bind("cluster.grpc", &config.cluster.grpc).await?,
         })
     }
 
     pub fn addresses(&self) -> Addresses {
         let a = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
-        Addresses { mqtt: a(&self.mqtt), ws: a(&self.ws), http: a(&self.http) }
+        Addresses { mqtt: a(&self.mqtt), ws: a(&self.ws), http: a(&self.http), grpc: a(&self.grpc) }
+    }
+}
+
+/// The host part others use for an address bound to `a`: the machine's
+/// hostname when bound to every interface.
+fn advertised(configured: &str, bound: Option<SocketAddr>) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    match bound {
+        Some(a) if a.ip().is_unspecified() => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{host}:{}", a.port())
+        }
+        Some(a) => a.to_string(),
+        None => String::new(),
     }
 }
 
@@ -69,22 +91,48 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.node.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.node.data_dir.display()))?;
-    let views = Views::default();
-    let port = Arc::new(MemoryState::new(views.clone()));
-    let broker =
-        Broker::new(NodeId(config.node.id), config.mqtt.clone(), Arc::new(Metrics::default()), views, port);
-
     let addrs = listeners.addresses();
+    let c = &config.cluster;
+    let advertise = NodeInfo {
+        grpc: advertised(&c.advertise_grpc, addrs.grpc),
+        mqtt: advertised(&c.advertise_mqtt, addrs.mqtt),
+        http: advertised(&c.advertise_http, addrs.http),
+    };
+    let cluster_config = ClusterConfig {
+        node_id: config.node.id,
+        data_dir: config.node.data_dir.clone(),
+        advertise,
+        join: (!c.join.is_empty()).then(|| c.join.clone()),
+        bootstrap: c.bootstrap,
+        heartbeat: Duration::from_millis(c.heartbeat_ms),
+        election_timeout: Duration::from_millis(c.election_timeout_ms),
+        node_down_after: Duration::from_secs(c.node_down_after_secs),
+        snapshot_every: c.snapshot_every,
+        write_timeout: Duration::from_millis(c.write_timeout_ms),
+    };
+    let grpc = listeners.grpc.context("the gRPC listener (cluster.grpc) is required")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (grpc_stop_tx, grpc_stop_rx) = watch::channel(false);
+    let node = ClusterNode::start(
+        cluster_config,
+        config.mqtt.clone(),
+        Arc::new(Metrics::default()),
+        grpc,
+        grpc_stop_rx,
+    )
+    .await?;
+    let broker = node.broker.clone();
+
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(
         node = config.node.id,
         mqtt = %show(addrs.mqtt),
         ws = %show(addrs.ws),
         http = %show(addrs.http),
+        grpc = %show(addrs.grpc),
         "starling listening"
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(config.listeners.max_connections));
     let mut tasks = Vec::new();
     if let Some(l) = listeners.mqtt {
@@ -102,12 +150,12 @@ pub async fn run(
     }
     let http = listeners.http.map(|l| {
         let mut stop = stop_rx.clone();
-        let broker = broker.clone();
+        let node = node.clone();
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(e) = crate::http::serve(l, broker, stopped).await {
+            if let Err(e) = crate::http::serve(l, node, stopped).await {
                 tracing::error!(error = %e, "HTTP listener failed");
             }
         })
@@ -131,6 +179,10 @@ pub async fn run(
     if let Some(h) = http {
         let _ = h.await;
     }
+    // gRPC before Raft: a Raft core must not be shut down under live RPCs.
+    let _ = grpc_stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

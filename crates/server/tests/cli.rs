@@ -67,7 +67,18 @@ fn a_port_in_use_is_a_clear_startup_error() {
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = starling()
-        .args(["serve", "--mqtt-listen", &addr, "--ws-listen", "off", "--http-listen", "off", "--data-dir"])
+        .args([
+            "serve",
+            "--mqtt-listen",
+            &addr,
+            "--ws-listen",
+            "off",
+            "--http-listen",
+            "off",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

@@ -219,6 +219,7 @@ where
         clean_start: connect.clean_start,
         expiry_interval: session_expiry,
         runtime: runtime.clone(),
+        will: will.as_deref().cloned(),
     };
     let outcome = match broker.port().claim_session(claim).await {
         Ok(o) => o,
@@ -297,6 +298,7 @@ where
         will,
         kick: kick_rx,
         aliases: None,
+        acks: std::collections::VecDeque::new(),
         want_drain: true,
         keepalive_deadline: None,
         shrink_at: None,

@@ -9,7 +9,7 @@ use starling_codec::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Close, Conn};
+use super::{Close, Conn, PendingAck};
 use crate::message::{Delivery, Message, MessageProperties};
 use crate::port::{PortError, SubscribeRequest};
 use crate::session::Qos2Begin;
@@ -203,10 +203,35 @@ where
         } else {
             ReasonCode::SUCCESS
         };
-        match msg.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.write_packet(&self.ack_reason(AckKind::PubAck, packet_id, reason)),
-            QoS::ExactlyOnce => self.write_packet(&self.ack_reason(AckKind::PubRec, packet_id, reason)),
+        let kind = match msg.qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => AckKind::PubAck,
+            QoS::ExactlyOnce => AckKind::PubRec,
+        };
+        // Acknowledgements go out in the order the PUBLISHes came in
+        // (MQTT-4.6.0-2); one waiting for other nodes holds back the rest.
+        if outcome.ack.is_none() && self.acks.is_empty() {
+            self.write_packet(&self.ack_reason(kind, packet_id, reason));
+        } else {
+            self.acks.push_back(PendingAck { kind, packet_id, reason, wait: outcome.ack });
+        }
+    }
+
+    /// Sends the acknowledgements at the head of the queue whose peers
+    /// have answered.
+    pub(super) fn flush_ready_acks(&mut self) {
+        while let Some(front) = self.acks.front_mut() {
+            if let Some(w) = front.wait.as_mut() {
+                match w.try_recv() {
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
+                    // Acknowledged, or given up on (peer down): either way
+                    // this node has done what it can.
+                    _ => front.wait = None,
+                }
+            }
+            if let Some(a) = self.acks.pop_front() {
+                self.write_packet(&self.ack_reason(a.kind, a.packet_id, a.reason));
+            }
         }
     }
 

@@ -19,19 +19,20 @@ mod handshake;
 mod inbound;
 mod outbound;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use starling_codec::{MqttStr, ProtocolVersion, ReasonCode};
+use starling_codec::{AckKind, MqttStr, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::broker::Broker;
+use crate::forward::AckWaiter;
 use crate::ids::{ClientId, Epoch};
 use crate::session::{Kick, Session};
 use crate::will::WillSpec;
@@ -98,6 +99,14 @@ struct Negotiated {
     problem_info: bool,
 }
 
+/// A PUBACK/PUBREC waiting for other nodes to acknowledge the message.
+pub(super) struct PendingAck {
+    pub kind: AckKind,
+    pub packet_id: u16,
+    pub reason: ReasonCode,
+    pub wait: Option<AckWaiter>,
+}
+
 /// 5.0 topic aliases of one connection.
 #[derive(Default)]
 struct TopicAliases {
@@ -123,6 +132,8 @@ struct Conn<S> {
     kick: oneshot::Receiver<Kick>,
     /// 5.0 topic aliases, allocated on first use.
     aliases: Option<Box<TopicAliases>>,
+    /// Acknowledgements held back until peers confirm (cluster only).
+    acks: VecDeque<PendingAck>,
     /// Whether the session queue may hold sendable deliveries.
     want_drain: bool,
     keepalive_deadline: Option<Instant>,
@@ -161,6 +172,7 @@ where
             let can_read = self.wbuf.len() < WRITE_PAUSE_READS;
             let spare = self.rbuf.capacity() - self.rbuf.len();
             let timer_armed = self.timer_at.is_some();
+            let waiting_ack = self.acks.front().is_some_and(|a| a.wait.is_some());
             tokio::select! {
                 biased;
                 kick = &mut self.kick => {
@@ -207,6 +219,12 @@ where
                 }
                 _ = self.session.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {
                     self.want_drain = true;
+                }
+                _ = front_ack(&mut self.acks), if waiting_ack => {
+                    if let Some(front) = self.acks.front_mut() {
+                        front.wait = None;
+                    }
+                    self.flush_ready_acks();
                 }
                 _ = &mut self.timer, if timer_armed => {
                     if let Some(close) = self.on_timer() {
@@ -263,5 +281,12 @@ where
             self.session.shrink();
         }
         None
+    }
+}
+
+/// Waits for the acknowledgement at the head of the queue.
+async fn front_ack(acks: &mut VecDeque<PendingAck>) {
+    if let Some(w) = acks.front_mut().and_then(|a| a.wait.as_mut()) {
+        let _ = w.await;
     }
 }

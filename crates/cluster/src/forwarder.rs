@@ -1,0 +1,348 @@
+//! The data plane: publishes for subscribers on other nodes.
+//!
+//! One `Link` per peer: a bounded queue and a task that keeps one
+//! bidirectional `Forward` stream open, sends batches in order and reads
+//! their acknowledgements. One stream per peer pair keeps each publisher's
+//! order. A QoS 1/2 publisher's acknowledgement waits until every peer it
+//! was forwarded to acknowledged the batch (`AckGroup`).
+//!
+//! Policy when a peer is slow or down (documented in operations.md):
+//! - the queue holds `QUEUE_PER_PEER` messages; when full, new messages
+//!   for that peer are dropped and counted;
+//! - while the link is disconnected, messages for that peer are dropped at
+//!   once and counted, and a failed stream drops its unacknowledged
+//!   batches — in every case the waiting publishers are released, so a
+//!   dead peer never stalls delivery to the others. The peer's sessions
+//!   are reset by the leader once it is declared down.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use starling_broker::forward::{AckWaiter, Forwarder, RemotePlan, SharedTarget};
+use starling_broker::ids::ClientId;
+use starling_broker::message::{Delivery, Message};
+use starling_codec::{MqttStr, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::network::Channels;
+use crate::pb::peer::{self as pb, ForwardBatch, ForwardedMessage};
+use crate::types::{NodeId, PropsRecord};
+
+/// Messages waiting for one peer's stream.
+pub const QUEUE_PER_PEER: usize = 16 * 1024;
+/// Messages per batch, and bytes per batch (soft).
+const BATCH_MESSAGES: usize = 512;
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Batches sent and not yet acknowledged per peer.
+const UNACKED_BATCHES: usize = 256;
+const RECONNECT_DELAY: Duration = Duration::from_millis(300);
+
+/// Completes the publisher's waiter when every peer is done with it.
+struct AckGroup {
+    remaining: AtomicUsize,
+    tx: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// One peer's share of an `AckGroup`; dropping it (acknowledged, dropped,
+/// or given up) counts that peer as done.
+struct AckTicket(Option<Arc<AckGroup>>);
+
+impl Drop for AckTicket {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            if g.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if let Some(tx) = g.tx.lock().take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+}
+
+struct Item {
+    msg: Arc<Message>,
+    deliver_normal: bool,
+    shared: Vec<SharedTarget>,
+    /// Held for its `Drop`: releases the publisher's waiter.
+    _ack: AckTicket,
+}
+
+/// Per-peer counters for `/metrics`.
+#[derive(Default)]
+pub struct LinkStats {
+    pub connected: AtomicBool,
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+struct Link {
+    addr: String,
+    tx: mpsc::Sender<Item>,
+    stats: Arc<LinkStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct PeerForwarder {
+    node_id: NodeId,
+    cluster_id: Arc<Mutex<String>>,
+    channels: Channels,
+    links: RwLock<HashMap<NodeId, Link>>,
+}
+
+/// A snapshot of one link for metrics and status.
+pub struct LinkReport {
+    pub node: NodeId,
+    pub connected: bool,
+    pub queued: usize,
+    pub messages: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+}
+
+impl PeerForwarder {
+    pub fn new(node_id: NodeId, cluster_id: Arc<Mutex<String>>, channels: Channels) -> PeerForwarder {
+        PeerForwarder { node_id, cluster_id, channels, links: RwLock::new(HashMap::new()) }
+    }
+
+    /// Makes the set of links follow the membership: a link per other
+    /// member, re-created when its address changes.
+    pub fn set_peers(&self, peers: &[(NodeId, String)]) {
+        let mut links = self.links.write();
+        links.retain(|id, l| peers.iter().any(|(p, a)| p == id && *a == l.addr));
+        for (id, addr) in peers {
+            if *id == self.node_id || links.contains_key(id) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(QUEUE_PER_PEER);
+            let stats = Arc::new(LinkStats::default());
+            // Optimistic until the first attempt: messages queue meanwhile.
+            stats.connected.store(true, Ordering::Relaxed);
+            let task = tokio::spawn(run_link(
+                *id,
+                addr.clone(),
+                self.node_id,
+                self.cluster_id.clone(),
+                self.channels.clone(),
+                rx,
+                stats.clone(),
+            ));
+            links.insert(*id, Link { addr: addr.clone(), tx, stats, task });
+            tracing::info!(peer = id, %addr, "forwarding link created");
+        }
+    }
+
+    pub fn report(&self) -> Vec<LinkReport> {
+        let links = self.links.read();
+        let mut v: Vec<LinkReport> = links
+            .iter()
+            .map(|(id, l)| LinkReport {
+                node: *id,
+                connected: l.stats.connected.load(Ordering::Relaxed),
+                queued: QUEUE_PER_PEER - l.tx.capacity(),
+                messages: l.stats.messages.load(Ordering::Relaxed),
+                bytes: l.stats.bytes.load(Ordering::Relaxed),
+                dropped: l.stats.dropped.load(Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_by_key(|r| r.node);
+        v
+    }
+}
+
+impl Forwarder for PeerForwarder {
+    fn forward(&self, msg: &Arc<Message>, plans: Vec<RemotePlan>, want_ack: bool) -> Option<AckWaiter> {
+        let (group, waiter) = if want_ack {
+            let (tx, rx) = oneshot::channel();
+            let g = Arc::new(AckGroup { remaining: AtomicUsize::new(plans.len()), tx: Mutex::new(Some(tx)) });
+            (Some(g), Some(rx))
+        } else {
+            (None, None)
+        };
+        let links = self.links.read();
+        for plan in plans {
+            let item = Item {
+                msg: msg.clone(),
+                deliver_normal: plan.deliver_normal,
+                shared: plan.shared,
+                _ack: AckTicket(group.clone()),
+            };
+            if let Some(l) = links.get(&plan.node.0) {
+                // Queue full, or peer down: dropped now (the ticket completes).
+                if !l.stats.connected.load(Ordering::Relaxed) || l.tx.try_send(item).is_err() {
+                    l.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        waiter
+    }
+}
+
+pub fn encode_message(msg: &Message, now: Instant) -> ForwardedMessage {
+    let props = if msg.properties.is_empty() {
+        Bytes::new()
+    } else {
+        bincode::serialize(&PropsRecord::from_props(&msg.properties)).map(Bytes::from).unwrap_or_default()
+    };
+    ForwardedMessage {
+        topic: msg.topic.to_string(),
+        payload: msg.payload.clone(),
+        qos: u32::from(msg.qos as u8),
+        retain: msg.retain,
+        properties: props,
+        publisher: msg.publisher.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        expiry_ms: msg.expires_at.map_or(0, |t| t.saturating_duration_since(now).as_millis().max(1) as u64),
+        deliver_normal: false,
+        shared_targets: Vec::new(),
+        only_client: String::new(),
+        subscription_ids: Vec::new(),
+    }
+}
+
+pub fn decode_message(m: &ForwardedMessage, now: Instant) -> Arc<Message> {
+    let qos = QoS::from_u8(m.qos as u8).unwrap_or(QoS::AtMostOnce);
+    let mut msg = Message::new(MqttStr::from(m.topic.as_str()), m.payload.clone(), qos, m.retain);
+    if !m.properties.is_empty() {
+        if let Ok(p) = bincode::deserialize::<PropsRecord>(&m.properties) {
+            msg.properties = p.to_props();
+        }
+    }
+    if !m.publisher.is_empty() {
+        msg.publisher = Some(ClientId::new(&m.publisher));
+    }
+    if m.expiry_ms > 0 {
+        msg.expires_at = Some(now + Duration::from_millis(m.expiry_ms));
+    }
+    Arc::new(msg)
+}
+
+/// A delivery handed from one node to another with its session.
+pub fn encode_delivery(d: &Delivery, client: &str, now: Instant) -> ForwardedMessage {
+    let mut m = encode_message(&d.message, now);
+    m.qos = u32::from(d.qos as u8);
+    m.retain = d.retain;
+    m.only_client = client.to_string();
+    m.subscription_ids = d.subscription_ids.clone();
+    m
+}
+
+pub fn decode_delivery(m: &ForwardedMessage, now: Instant) -> Delivery {
+    let message = decode_message(m, now);
+    Delivery {
+        qos: QoS::from_u8(m.qos as u8).unwrap_or(QoS::AtMostOnce),
+        retain: m.retain,
+        subscription_ids: m.subscription_ids.clone(),
+        message,
+    }
+}
+
+fn encode_item(item: &Item, now: Instant) -> ForwardedMessage {
+    let mut m = encode_message(&item.msg, now);
+    m.deliver_normal = item.deliver_normal;
+    m.shared_targets = item
+        .shared
+        .iter()
+        .map(|t| pb::SharedTarget {
+            client: t.client.to_string(),
+            qos: u32::from(t.qos as u8),
+            subscription_id: t.subscription_id.unwrap_or(0),
+        })
+        .collect();
+    m
+}
+
+async fn run_link(
+    peer: NodeId,
+    addr: String,
+    me: NodeId,
+    cluster_id: Arc<Mutex<String>>,
+    channels: Channels,
+    mut rx: mpsc::Receiver<Item>,
+    stats: Arc<LinkStats>,
+) {
+    let mut seq: u64 = 0;
+    loop {
+        let client = channels.peer(&addr);
+        let (btx, brx) = mpsc::channel::<ForwardBatch>(64);
+        let opened = match client {
+            Ok(mut c) => c.forward(ReceiverStream::new(brx)).await.map(|r| r.into_inner()),
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        let mut acks = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(peer, %addr, error = %e, "forward stream not open");
+                stats.connected.store(false, Ordering::Relaxed);
+                // Drop what waits for a peer we cannot reach.
+                while let Ok(item) = rx.try_recv() {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    drop(item);
+                }
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        };
+        if !stats.connected.swap(true, Ordering::Relaxed) {
+            tracing::info!(peer, %addr, "forward stream open");
+        }
+        let mut unacked: VecDeque<(u64, Vec<Item>)> = VecDeque::new();
+        loop {
+            tokio::select! {
+                first = rx.recv(), if unacked.len() < UNACKED_BATCHES => {
+                    let Some(first) = first else { return };
+                    let now = Instant::now();
+                    let mut items = vec![first];
+                    let mut bytes = items[0].msg.payload.len();
+                    while items.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(i) => {
+                                bytes += i.msg.payload.len();
+                                items.push(i);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    seq += 1;
+                    let batch = ForwardBatch {
+                        cluster_id: cluster_id.lock().clone(),
+                        from_node: me,
+                        seq,
+                        messages: items.iter().map(|i| encode_item(i, now)).collect(),
+                    };
+                    stats.messages.fetch_add(items.len() as u64, Ordering::Relaxed);
+                    stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                    if btx.send(batch).await.is_err() {
+                        break;
+                    }
+                    unacked.push_back((seq, items));
+                }
+                ack = acks.message() => {
+                    match ack {
+                        Ok(Some(a)) => {
+                            while unacked.front().is_some_and(|(s, _)| *s <= a.seq) {
+                                unacked.pop_front();
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        let lost: usize = unacked.iter().map(|(_, i)| i.len()).sum();
+        stats.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+        stats.connected.store(false, Ordering::Relaxed);
+        tracing::info!(peer, %addr, unacknowledged = lost, "forward stream closed");
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}

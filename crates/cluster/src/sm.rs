@@ -1,0 +1,253 @@
+//! The state machine (`RaftStateMachine`): the replicated state in memory,
+//! rebuilt on start from the last snapshot plus the committed log.
+//!
+//! `apply` runs `ReplicatedState::apply` for each command and hands the
+//! effects to `LocalViews`, then publishes the applied index so that a
+//! node that proposed a command can wait until it is applied *here*
+//! before answering its client (SUBACK after the route exists locally).
+//!
+//! Snapshots are the bincode encoding of the state, written to a file
+//! beside the database (fsync'd, then renamed) with its metadata in sled;
+//! openraft streams them to followers in chunks. Installing one replaces
+//! the state and rebuilds the local views.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::state::ReplicatedState;
+use crate::storage::Store;
+use crate::types::{
+    BatchResult, Entry, LogId, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::views::LocalViews;
+
+const SNAPSHOT_META: &[u8] = b"current";
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Inner {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    state: ReplicatedState,
+}
+
+/// Shared between the Raft core (through `StateMachine`) and the node.
+pub struct SmShared {
+    inner: Mutex<Inner>,
+    store: Store,
+    pub views: Arc<LocalViews>,
+    applied_tx: watch::Sender<u64>,
+    snapshot_seq: std::sync::atomic::AtomicU64,
+}
+
+impl SmShared {
+    /// Index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        *self.applied_tx.borrow()
+    }
+
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    /// Waits until this node has applied `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.applied_tx.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|a| *a >= index)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// The gRPC address of a member, from the applied membership.
+    pub fn member_addr(&self, node: crate::types::NodeId) -> Option<String> {
+        self.inner.lock().membership.membership().get_node(&node).map(|n| n.grpc.clone())
+    }
+
+    /// Reads the replicated state.
+    pub fn with_state<T>(&self, f: impl FnOnce(&ReplicatedState) -> T) -> T {
+        f(&self.inner.lock().state)
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    pub shared: Arc<SmShared>,
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshotMeta {
+    meta: SnapshotMeta,
+}
+
+impl StateMachine {
+    /// Opens the state machine, loading the current snapshot if any.
+    pub fn open(store: Store, views: Arc<LocalViews>) -> Result<StateMachine, StorageError> {
+        let (applied_tx, _) = watch::channel(0);
+        let sm = StateMachine {
+            shared: Arc::new(SmShared {
+                inner: Mutex::new(Inner::default()),
+                store,
+                views,
+                applied_tx,
+                snapshot_seq: std::sync::atomic::AtomicU64::new(0),
+            }),
+        };
+        if let Some((meta, data)) = sm.read_current_snapshot()? {
+            sm.load(&meta, &data)?;
+        }
+        Ok(sm)
+    }
+
+    fn read_current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let s = &self.shared.store;
+        let Some(raw) = s.snapshot.get(SNAPSHOT_META).map_err(snap_err)? else { return Ok(None) };
+        let stored: StoredSnapshotMeta = bincode::deserialize(&raw).map_err(snap_err)?;
+        let data = std::fs::read(s.snapshot_path(&stored.meta.snapshot_id)).map_err(snap_err)?;
+        Ok(Some((stored.meta, data)))
+    }
+
+    /// Replaces the in-memory state with a snapshot's and rebuilds views.
+    fn load(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let state: ReplicatedState = bincode::deserialize(data).map_err(snap_err)?;
+        {
+            let mut inner = self.shared.inner.lock();
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            inner.state = state;
+            self.shared.views.rebuild(&inner.state);
+        }
+        self.shared.applied_tx.send_replace(meta.last_log_id.map_or(0, |l| l.index));
+        Ok(())
+    }
+
+    fn persist_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let s = &self.shared.store;
+        let path = s.snapshot_path(&meta.snapshot_id);
+        let tmp = path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(snap_err)?;
+            f.write_all(data).map_err(snap_err)?;
+            f.sync_all().map_err(snap_err)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(snap_err)?;
+        let previous = self.read_current_snapshot().ok().flatten().map(|(m, _)| m.snapshot_id);
+        let stored = bincode::serialize(&StoredSnapshotMeta { meta: meta.clone() }).map_err(snap_err)?;
+        s.snapshot.insert(SNAPSHOT_META, stored).map_err(snap_err)?;
+        s.sync().map_err(snap_err)?;
+        if let Some(old) = previous {
+            if old != meta.snapshot_id {
+                let _ = std::fs::remove_file(s.snapshot_path(&old));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = {
+            let inner = self.shared.inner.lock();
+            let data = bincode::serialize(&inner.state).map_err(snap_err)?;
+            let seq = self.shared.snapshot_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let snapshot_id = match inner.last_applied {
+                Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
+                None => format!("none-{seq}"),
+            };
+            (
+                SnapshotMeta {
+                    last_log_id: inner.last_applied,
+                    last_membership: inner.membership.clone(),
+                    snapshot_id,
+                },
+                data,
+            )
+        };
+        let this = self.clone();
+        let (m2, d2) = (meta.clone(), data.clone());
+        tokio::task::spawn_blocking(move || this.persist_snapshot(&m2, &d2)).await.map_err(snap_err)??;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let inner = self.shared.inner.lock();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let mut last = None;
+        {
+            let mut inner = self.shared.inner.lock();
+            for entry in entries {
+                inner.last_applied = Some(entry.log_id);
+                last = Some(entry.log_id.index);
+                match entry.payload {
+                    EntryPayload::Blank => replies.push(BatchResult::default()),
+                    EntryPayload::Membership(m) => {
+                        inner.membership = StoredMembership::new(Some(entry.log_id), m);
+                        replies.push(BatchResult::default());
+                    }
+                    EntryPayload::Normal(batch) => {
+                        let mut results = Vec::with_capacity(batch.commands.len());
+                        let mut effects = Vec::new();
+                        for cmd in batch.commands {
+                            results.push(inner.state.apply(batch.time_ms, cmd, &mut effects));
+                        }
+                        self.shared.views.apply(effects);
+                        replies.push(BatchResult(results));
+                    }
+                }
+            }
+        }
+        if let Some(i) = last {
+            self.shared.applied_tx.send_replace(i);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<SnapshotData>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let this = self.clone();
+        let (m2, d2) = (meta.clone(), data.clone());
+        tokio::task::spawn_blocking(move || this.persist_snapshot(&m2, &d2)).await.map_err(sm_err)??;
+        self.load(meta, &data)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self
+            .read_current_snapshot()?
+            .map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}

@@ -1,0 +1,189 @@
+//! Proposing replicated commands from any node.
+//!
+//! Callers hand a command to the `Writer` and wait. A batcher task takes
+//! every command waiting at that moment (up to `MAX_BATCH`) and proposes
+//! them as one log entry: on the leader directly, on a follower through
+//! the leader's `Write` RPC (with a hop limit, in case leadership moves
+//! while the request travels). The caller is answered only once the entry
+//! is applied on *this* node, so what it acknowledges is visible here.
+//!
+//! Bounds: `QUEUE` commands may wait for a batch (callers then wait for
+//! room); `IN_FLIGHT` batches may be proposed at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::network::Channels;
+use crate::pb::peer::WriteRequest;
+use crate::sm::SmShared;
+use crate::types::{wall_ms, Batch, Command, CommandResult, NodeId, Raft};
+
+const QUEUE: usize = 8192;
+const MAX_BATCH: usize = 512;
+const IN_FLIGHT: usize = 16;
+/// Forwarding hops a write may take (follower → leader → new leader).
+pub const MAX_HOPS: u32 = 2;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("no leader reachable within {0:?}")]
+    NoLeader(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+struct Job {
+    cmd: Command,
+    reply: oneshot::Sender<Result<CommandResult, WriteError>>,
+}
+
+/// What the batcher and the peer service need to propose.
+#[derive(Clone)]
+pub struct Proposer {
+    pub raft: Raft,
+    pub node_id: NodeId,
+    pub channels: Channels,
+    pub cluster_id: Arc<parking_lot::Mutex<String>>,
+    pub sm: Arc<SmShared>,
+    pub timeout: Duration,
+}
+
+impl Proposer {
+    /// Proposes `commands` as one entry: here if this node leads, else at
+    /// the leader. Returns the results and the entry's log index.
+    pub async fn propose(
+        &self,
+        commands: Vec<Command>,
+        hops: u32,
+    ) -> Result<(Vec<CommandResult>, u64), WriteError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let leader = self.raft.metrics().borrow().current_leader;
+            match leader {
+                Some(l) if l == self.node_id => {
+                    let batch = Batch { time_ms: wall_ms(), commands: commands.clone() };
+                    match tokio::time::timeout_at(deadline.into(), self.raft.client_write(batch)).await {
+                        Ok(Ok(resp)) => return Ok((resp.data.0, resp.log_id.index)),
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
+                        Ok(Err(e)) => return Err(WriteError::Failed(e.to_string())),
+                        Err(_) => return Err(WriteError::NoLeader(self.timeout)),
+                    }
+                }
+                Some(l) if hops < MAX_HOPS => {
+                    let addr = self
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(&l)
+                        .map(|n| n.grpc.clone());
+                    if let Some(addr) = addr {
+                        match self.forward(&addr, &commands, hops + 1, deadline).await {
+                            Ok(r) => return Ok(r),
+                            Err(e) => {
+                                tracing::debug!(leader = l, error = %e, "forwarded write failed; retrying")
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(WriteError::NoLeader(self.timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        commands: &[Command],
+        hops: u32,
+        deadline: Instant,
+    ) -> Result<(Vec<CommandResult>, u64), WriteError> {
+        let mut client = self.channels.peer(addr).map_err(|e| WriteError::Failed(e.to_string()))?;
+        let data = bincode::serialize(commands).map_err(|e| WriteError::Failed(e.to_string()))?;
+        let mut req = tonic::Request::new(WriteRequest {
+            cluster_id: self.cluster_id.lock().clone(),
+            commands: data.into(),
+            hops,
+        });
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
+        let resp =
+            client.write(req).await.map_err(|s| WriteError::Failed(s.message().to_string()))?.into_inner();
+        let results: Vec<CommandResult> =
+            bincode::deserialize(&resp.results).map_err(|e| WriteError::Failed(e.to_string()))?;
+        Ok((results, resp.log_index))
+    }
+}
+
+/// The handle connections use (cheap to clone).
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    pub fn start(proposer: Proposer) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(batcher(proposer, rx));
+        Writer { tx }
+    }
+
+    /// Proposes one command and waits until it is applied on this node.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job { cmd, reply }).await.map_err(|_| WriteError::Failed("node stopping".into()))?;
+        rx.await.map_err(|_| WriteError::Failed("node stopping".into()))?
+    }
+}
+
+async fn batcher(proposer: Proposer, mut rx: mpsc::Receiver<Job>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let p = proposer.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<Command>, Vec<_>) =
+                jobs.into_iter().map(|j| (j.cmd, j.reply)).unzip();
+            let outcome = p.propose(commands, 0).await;
+            let outcome = match outcome {
+                Ok((results, index)) => {
+                    if p.sm.wait_applied(index, p.timeout).await {
+                        Ok(results)
+                    } else {
+                        Err(WriteError::Failed(format!(
+                            "entry {index} committed but not applied here in time"
+                        )))
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(results) => {
+                    for (reply, r) in replies.into_iter().zip(results) {
+                        let _ = reply.send(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
