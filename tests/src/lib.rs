@@ -3,6 +3,8 @@
 //! codec that gives tests byte-level control (no automatic acks, any
 //! packet, any bytes).
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -108,7 +110,24 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.expect("http timeout").expect("read");
-    let text = String::from_utf8_lossy(&out).to_string();
+    parse_http(&out)
+}
+
+/// Like `http_get` but a refused, stuck or failed request is status 0.
+pub async fn http_get_within(addr: SocketAddr, path: &str, within: Duration) -> (u16, String) {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        Some(parse_http(&out))
+    };
+    tokio::time::timeout(within, attempt).await.ok().flatten().unwrap_or((0, String::new()))
+}
+
+fn parse_http(out: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(out).to_string();
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)

@@ -155,7 +155,7 @@ impl Admin for AdminService {
         if membership.get_node(&r.node_id).is_none() {
             return Ok(Response::new(RemoveNodeResponse {}));
         }
-        if !r.force && n.peer_alive(r.node_id) {
+        if !r.force && n.ping(r.node_id).await {
             return Err(Status::failed_precondition(format!(
                 "node {} is alive: run `starling cluster leave` on it to drain it, or use --force",
                 r.node_id

@@ -454,6 +454,10 @@ impl ClusterNode {
             let results = futures_util::future::join_all(pings).await;
             let down = self.sm.with_state(|s| s.down.clone());
             let mut cmds = Vec::new();
+            if down.contains(&self.node_id) {
+                // Declared down while cut off; leading again proves otherwise.
+                cmds.push(Command::SetLiveness { node: self.node_id, alive: true });
+            }
             {
                 let mut seen = self.last_seen.lock();
                 for (id, ok) in results {
@@ -482,10 +486,16 @@ impl ClusterNode {
         }
     }
 
-    /// Whether the leader heard from `node` recently.
-    pub fn peer_alive(&self, node: NodeId) -> bool {
-        let down = self.sm.with_state(|s| s.down.contains(&node));
-        !down && self.last_seen.lock().get(&node).is_some_and(|t| t.elapsed() < self.config.node_down_after)
+    /// Whether `node` answers a ping now (within a second).
+    pub async fn ping(&self, node: NodeId) -> bool {
+        let Some(addr) = self.sm.member_addr(node) else { return false };
+        let Ok(mut c) = self.channels.peer(&addr) else { return false };
+        let mut req = tonic::Request::new(PingRequest {
+            cluster_id: self.cluster_id.lock().clone(),
+            from_node: self.node_id,
+        });
+        req.set_timeout(Duration::from_secs(1));
+        c.ping(req).await.is_ok()
     }
 
     /// Stops taking clients and closes every connection with "use another

@@ -20,7 +20,7 @@ use crate::forwarder::{decode_delivery, decode_message, encode_delivery};
 use crate::pb::peer::peer_server::Peer;
 use crate::pb::peer::{
     ForwardAck, ForwardBatch, PingRequest, PingResponse, RaftMessage, TakeSessionRequest,
-    TakeSessionResponse, WriteRequest, WriteResponse,
+    TakeSessionResponse, WaitAppliedRequest, WaitAppliedResponse, WriteRequest, WriteResponse,
 };
 use crate::sm::SmShared;
 use crate::types::{Command, Raft};
@@ -165,6 +165,17 @@ impl Peer for PeerService {
             None => Vec::new(),
         };
         Ok(Response::new(TakeSessionResponse { messages }))
+    }
+
+    async fn wait_applied(
+        &self,
+        req: Request<WaitAppliedRequest>,
+    ) -> Result<Response<WaitAppliedResponse>, Status> {
+        let w = req.into_inner();
+        self.check_cluster(&w.cluster_id)?;
+        let timeout = Duration::from_millis(u64::from(w.timeout_ms).min(10_000));
+        self.sm.wait_applied(w.index, timeout).await;
+        Ok(Response::new(WaitAppliedResponse { applied_index: self.sm.applied_index() }))
     }
 
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {

@@ -13,13 +13,15 @@ use starling_broker::topic::TopicFilter;
 
 use crate::forwarder::decode_delivery;
 use crate::network::Channels;
-use crate::pb::peer::TakeSessionRequest;
+use crate::pb::peer::{TakeSessionRequest, WaitAppliedRequest};
 use crate::sm::SmShared;
 use crate::types::{wall_ms, Command, CommandResult, EpochRec, MessageRecord, NodeId, SubRecord, WillRecord};
 use crate::writer::{WriteError, Writer};
 
 /// How long a new owner waits for the previous owner's queued messages.
 const TAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a SUBACK waits for one member to apply the subscription.
+const PROPAGATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ClusterPort {
     pub node_id: NodeId,
@@ -35,11 +37,41 @@ fn unavailable(e: WriteError) -> PortError {
 }
 
 impl ClusterPort {
-    async fn write(&self, cmd: Command) -> Result<CommandResult, PortError> {
+    async fn write_indexed(&self, cmd: Command) -> Result<(CommandResult, u64), PortError> {
         if !(self.readiness)() {
             return Err(PortError::Unavailable("this node is not connected to a quorum".into()));
         }
         self.writer.write(cmd).await.map_err(unavailable)
+    }
+
+    async fn write(&self, cmd: Command) -> Result<CommandResult, PortError> {
+        self.write_indexed(cmd).await.map(|(r, _)| r)
+    }
+
+    /// Waits until every live member has applied `index` (each for at
+    /// most `PROPAGATE_TIMEOUT`; a member that does not answer is skipped:
+    /// it is down or cut off, and catches up before it is ready again).
+    async fn propagate(&self, index: u64) {
+        let down = self.sm.with_state(|s| s.down.clone());
+        let members = self.sm.members();
+        let cluster_id = self.cluster_id.lock().clone();
+        let waits = members.into_iter().filter(|(id, _)| *id != self.node_id && !down.contains(id)).map(
+            |(_, addr)| {
+                let channels = self.channels.clone();
+                let cluster_id = cluster_id.clone();
+                async move {
+                    let Ok(mut c) = channels.peer(&addr) else { return };
+                    let mut req = tonic::Request::new(WaitAppliedRequest {
+                        cluster_id,
+                        index,
+                        timeout_ms: PROPAGATE_TIMEOUT.as_millis() as u32,
+                    });
+                    req.set_timeout(PROPAGATE_TIMEOUT + Duration::from_millis(200));
+                    let _ = c.wait_applied(req).await;
+                }
+            },
+        );
+        futures_util::future::join_all(waits).await;
     }
 
     /// Fetches what the previous owner still held for `client`.
@@ -87,12 +119,14 @@ impl StatePort for ClusterPort {
             expiry_interval: claim.expiry_interval,
             will: claim.will.as_ref().map(WillRecord::from_spec),
         };
-        let result = self.write(cmd).await;
-        let applied_at = self.sm.applied_index();
+        let result = self.write_indexed(cmd).await;
         match result {
-            Ok(CommandResult::Claimed { session_present, previous_owner }) => {
+            Ok((CommandResult::Claimed { session_present, previous_owner }, applied_at)) => {
                 if session_present {
                     if let Some(prev) = previous_owner.filter(|p| *p != self.node_id) {
+                        // Publishers everywhere must route to this node
+                        // before the client is told it is connected.
+                        self.propagate(applied_at).await;
                         let handed = self.take_from(prev, &client, applied_at).await;
                         if !handed.is_empty() {
                             tracing::debug!(
@@ -107,7 +141,7 @@ impl StatePort for ClusterPort {
                 }
                 Ok(ClaimOutcome { session_present, discarded: None })
             }
-            Ok(other) => {
+            Ok((other, _)) => {
                 self.sm.views.drop_pending(&client, epoch);
                 Err(PortError::Unavailable(format!("unexpected claim result {other:?}")))
             }
@@ -127,7 +161,7 @@ impl StatePort for ClusterPort {
         let cmd = Command::Release { client: client.to_string(), epoch: epoch.into(), expiry_interval };
         // Releasing must work while the node is draining, and is retried
         // by nobody: skip the readiness gate.
-        match self.writer.write(cmd).await.map_err(unavailable)? {
+        match self.writer.write(cmd).await.map_err(unavailable)?.0 {
             CommandResult::Released { ended: true } => Ok(Released::Ended),
             CommandResult::Released { ended: false } => Ok(Released::Kept),
             _ => Ok(Released::NotOwner),
@@ -136,7 +170,7 @@ impl StatePort for ClusterPort {
 
     async fn expire_session(&self, client: &ClientId, epoch: Epoch) -> Result<bool, PortError> {
         let cmd = Command::Expire { client: client.to_string(), epoch: Some(epoch.into()) };
-        match self.writer.write(cmd).await.map_err(unavailable)? {
+        match self.writer.write(cmd).await.map_err(unavailable)?.0 {
             CommandResult::Expired(b) => Ok(b),
             _ => Ok(false),
         }
@@ -152,9 +186,12 @@ impl StatePort for ClusterPort {
             .into_iter()
             .map(|s| (s.filter.as_str().to_string(), SubRecord::new(&s.options, s.subscription_id)))
             .collect();
-        match self.write(Command::Subscribe { client: client.to_string(), epoch: epoch.into(), subs }).await?
-        {
-            CommandResult::Subscribed(existed) => Ok(existed),
+        let cmd = Command::Subscribe { client: client.to_string(), epoch: epoch.into(), subs };
+        match self.write_indexed(cmd).await? {
+            (CommandResult::Subscribed(existed), index) => {
+                self.propagate(index).await;
+                Ok(existed)
+            }
             _ => Err(PortError::NotOwner),
         }
     }

@@ -66,6 +66,11 @@ impl SmShared {
         self.inner.lock().membership.membership().get_node(&node).map(|n| n.grpc.clone())
     }
 
+    /// Every member and its gRPC address.
+    pub fn members(&self) -> Vec<(crate::types::NodeId, String)> {
+        self.inner.lock().membership.membership().nodes().map(|(id, n)| (*id, n.grpc.clone())).collect()
+    }
+
     /// Reads the replicated state.
     pub fn with_state<T>(&self, f: impl FnOnce(&ReplicatedState) -> T) -> T {
         f(&self.inner.lock().state)

@@ -37,7 +37,7 @@ pub enum WriteError {
 
 struct Job {
     cmd: Command,
-    reply: oneshot::Sender<Result<CommandResult, WriteError>>,
+    reply: oneshot::Sender<Result<(CommandResult, u64), WriteError>>,
 }
 
 /// What the batcher and the peer service need to propose.
@@ -136,7 +136,8 @@ impl Writer {
     }
 
     /// Proposes one command and waits until it is applied on this node.
-    pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
+    /// Returns its result and the index of the entry that carried it.
+    pub async fn write(&self, cmd: Command) -> Result<(CommandResult, u64), WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Job { cmd, reply }).await.map_err(|_| WriteError::Failed("node stopping".into()))?;
         rx.await.map_err(|_| WriteError::Failed("node stopping".into()))?
@@ -162,7 +163,7 @@ async fn batcher(proposer: Proposer, mut rx: mpsc::Receiver<Job>) {
             let outcome = match outcome {
                 Ok((results, index)) => {
                     if p.sm.wait_applied(index, p.timeout).await {
-                        Ok(results)
+                        Ok((results, index))
                     } else {
                         Err(WriteError::Failed(format!(
                             "entry {index} committed but not applied here in time"
@@ -172,9 +173,9 @@ async fn batcher(proposer: Proposer, mut rx: mpsc::Receiver<Job>) {
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok(results) => {
+                Ok((results, index)) => {
                     for (reply, r) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok(r));
+                        let _ = reply.send(Ok((r, index)));
                     }
                 }
                 Err(e) => {

@@ -1,0 +1,34 @@
+//! openraft's storage conformance suite against the sled log store and
+//! the state machine.
+
+use std::sync::Arc;
+
+use openraft::testing::{StoreBuilder, Suite};
+use starling_broker::memory::Views;
+use starling_broker::metrics::Metrics;
+use starling_broker::session::SessionLimits;
+use starling_cluster::log_store::LogStore;
+use starling_cluster::sm::StateMachine;
+use starling_cluster::storage::Store;
+use starling_cluster::types::{StorageError, TypeConfig};
+use starling_cluster::views::LocalViews;
+use tempfile::TempDir;
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+        let dir = TempDir::new().expect("temp dir");
+        let store = Store::open(dir.path(), 1).expect("open store");
+        let limits = SessionLimits { max_queued: 100, queue_qos0_offline: false };
+        let views = Arc::new(LocalViews::new(1, Views::default(), limits, Arc::new(Metrics::default())));
+        let sm = StateMachine::open(store.clone(), views)?;
+        Ok((dir, LogStore::new(store), sm))
+    }
+}
+
+#[test]
+fn sled_store_passes_the_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder)?;
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Live membership: adding a fourth node with the CLI, leaving, removing a
+//! dead node, and bootstrap safety.
+
+use std::time::Duration;
+
+use starling_codec::{Packet, QoS, ReasonCode};
+
+use crate::{disconnect_reason, Cluster, RawClient, V311, V5};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn add_a_node_with_the_cli_use_it_then_leave() {
+    let mut c = Cluster::start(3).await;
+    // Node 4 starts empty and waits to be added.
+    c.add_node(4, vec!["--no-bootstrap".into()]);
+    c.launch(4, None);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!c.ready(4).await, "not ready before it is added");
+    let grpc4 = c.node(4).grpc.to_string();
+    let (ok, out, err) = c.cli(2, &["add", "4", &grpc4]);
+    assert!(ok, "add failed: {out}{err}");
+    c.wait_ready(4).await;
+    c.wait_members(4).await;
+    // Node 4 is a full member without any restart: publishes through it
+    // reach node 1, and publishes elsewhere reach its subscribers.
+    let (mut s1, _) = RawClient::connect(c.node(1).mqtt, V311, "s1", true).await;
+    s1.subscribe(1, "grow/#", QoS::AtLeastOnce).await;
+    let (mut s4, _) = RawClient::connect(c.node(4).mqtt, V5, "s4", true).await;
+    s4.subscribe(1, "grow/#", QoS::AtLeastOnce).await;
+    let (mut p4, _) = RawClient::connect(c.node(4).mqtt, V311, "p4", true).await;
+    p4.publish("grow/a", b"via 4", QoS::AtLeastOnce, false, 1).await;
+    assert_eq!(&s1.recv_publish().await.payload[..], b"via 4");
+    assert_eq!(&s4.recv_publish().await.payload[..], b"via 4");
+    let (mut p2, _) = RawClient::connect(c.node(2).mqtt, V311, "p2", true).await;
+    p2.publish("grow/b", b"via 2", QoS::AtLeastOnce, false, 1).await;
+    assert_eq!(&s4.recv_publish().await.payload[..], b"via 2");
+
+    // Leave: node 4's clients are told to use another server, and the
+    // cluster is back to three.
+    let (ok, out, err) = c.cli(4, &["leave"]);
+    assert!(ok, "leave failed: {out}{err}");
+    assert_eq!(disconnect_reason(&s4.expect_closed().await), Some(ReasonCode::USE_ANOTHER_SERVER));
+    c.wait_members(3).await;
+    let s = c.status(1);
+    assert!(s["members"].as_array().unwrap().iter().all(|m| m["id"] != 4), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remove_a_dead_node_with_force() {
+    let mut c = Cluster::start(3).await;
+    let (mut s1, _) = RawClient::connect(c.node(1).mqtt, V311, "survivor", true).await;
+    s1.subscribe(1, "after/#", QoS::AtMostOnce).await;
+    // A live node is not removed without --force.
+    let (ok, _, err) = c.cli(1, &["remove", "3"]);
+    assert!(!ok && err.contains("alive"), "{err}");
+    c.kill9(3);
+    let (ok, out, err) = c.cli(1, &["remove", "3", "--force"]);
+    assert!(ok, "remove failed: {out}{err}");
+    c.wait_members(2).await;
+    // The two remaining nodes still form a working cluster.
+    let (mut p2, _) = RawClient::connect(c.node(2).mqtt, V311, "p2", true).await;
+    p2.publish("after/x", b"two nodes", QoS::AtLeastOnce, false, 1).await;
+    assert!(matches!(p2.recv().await, Some(Packet::Ack(_))));
+    assert_eq!(&s1.recv_publish().await.payload[..], b"two nodes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_never_joins_a_second_cluster_by_accident() {
+    // A member of cluster A restarted with --join pointing at cluster B
+    // refuses to start.
+    let mut a = Cluster::start(1).await;
+    let b = Cluster::start(1).await;
+    a.stop(1);
+    a.launch(1, Some(b.node(1).grpc));
+    assert_eq!(a.wait_exit_at(0, Duration::from_secs(15)).await, Some(1));
+    let log = std::fs::read_to_string(&a.node(1).log).unwrap();
+    assert!(log.contains("belongs to cluster"), "{log}");
+
+    // A wiped node (empty data directory) reusing the id of a member is
+    // refused: it must come back under a new id.
+    let mut c = Cluster::start(2).await;
+    c.add_node(2, Vec::new());
+    let join = c.node(1).grpc;
+    c.launch_at(2, Some(join));
+    assert_eq!(c.wait_exit_at(2, Duration::from_secs(15)).await, Some(1));
+    let log = std::fs::read_to_string(&c.nodes[2].log).unwrap();
+    assert!(log.contains("already a member"), "{log}");
+}
