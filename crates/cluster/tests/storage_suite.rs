@@ -1,6 +1,9 @@
 //! openraft's storage conformance suite against the sled log store and
 //! the state machine.
 
+// The suite's error type is openraft's.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 
 use openraft::testing::{StoreBuilder, Suite};
