@@ -131,3 +131,35 @@ async fn whole_cluster_restart_keeps_state() {
     p.publish("keep/live", b"subscription kept", QoS::AtLeastOnce, false, 1).await;
     assert_eq!(&s.recv_publish().await.payload[..], b"subscription kept");
 }
+
+/// The single-node default is a one-member cluster on sled: a restart
+/// keeps sessions, subscriptions and retained messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn single_node_restart_keeps_state() {
+    let mut c = Cluster::start(1).await;
+    let (mut s, _) = RawClient::connect(c.node(1).mqtt, V311, "solo", false).await;
+    s.subscribe(1, "solo/#", QoS::AtLeastOnce).await;
+    s.publish("solo/retained", b"r", QoS::AtLeastOnce, true, 1).await;
+    // The retained message is also delivered live to our own subscription.
+    let mut acked = false;
+    let mut got_live = false;
+    while !(acked && got_live) {
+        match s.recv().await {
+            Some(Packet::Ack(_)) => acked = true,
+            Some(Packet::Publish(_)) => got_live = true,
+            other => panic!("{other:?}"),
+        }
+    }
+    s.disconnect().await;
+    assert_eq!(c.stop(1), Some(0));
+    c.launch(1, None);
+    c.wait_ready(1).await;
+    let (mut s, ack) = RawClient::connect(c.node(1).mqtt, V311, "solo", false).await;
+    assert!(ack.session_present);
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "solo-pub", true).await;
+    p.publish("solo/live", b"after restart", QoS::AtMostOnce, false, 0).await;
+    assert_eq!(&s.recv_publish().await.payload[..], b"after restart");
+    let (mut late, _) = RawClient::connect(c.node(1).mqtt, V311, "late", true).await;
+    late.subscribe(1, "solo/retained", QoS::AtMostOnce).await;
+    assert_eq!(&late.recv_publish().await.payload[..], b"r");
+}

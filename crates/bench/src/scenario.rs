@@ -31,6 +31,9 @@ pub enum Scenario {
     Idle,
     /// Subscribe to filters matching many retained messages.
     Retained,
+    /// SUBSCRIBE → SUBACK latency (sequential subscribes from `subscribers`
+    /// clients, `connections` subscribes each).
+    SubLatency,
 }
 
 /// Everything a run needs.
@@ -119,6 +122,7 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
         Scenario::ConnStorm => conn_storm(p).await,
         Scenario::Idle => idle(p).await,
         Scenario::Retained => retained(p).await,
+        Scenario::SubLatency => sub_latency(p).await,
     }
 }
 
@@ -671,6 +675,46 @@ async fn retained(p: Params) -> anyhow::Result<Report> {
         // Time from SUBSCRIBE to the last retained message, per subscriber.
         latency: Latency::from_hist(&hist),
         broker,
+        ..Default::default()
+    })
+}
+
+async fn sub_latency(p: Params) -> anyhow::Result<Report> {
+    let per_client = p.connections.max(1);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..p.subscribers {
+        let addr = target(&p.sub_targets, s);
+        let (transport, version, run) = (p.transport, p.version, p.run_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut r, mut w) =
+                client::connect(addr, transport, version, &format!("sublat-{run}-{s}"), true).await?;
+            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+            for i in 0..per_client {
+                let t0 = Instant::now();
+                client::subscribe(&mut r, &mut w, &format!("bench/{run}/sublat/{s}/{i}"), QoS::AtLeastOnce)
+                    .await?;
+                let _ = hist.record(t0.elapsed().as_nanos() as u64);
+            }
+            w.shutdown().await;
+            anyhow::Ok(hist)
+        }));
+    }
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for t in tasks {
+        let _ = hist.add(&t.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(Report {
+        scenario: "sub-latency".into(),
+        transport: format!("{:?}", p.transport).to_lowercase(),
+        version: p.version.to_string(),
+        subscribers: p.subscribers,
+        duration_s: elapsed,
+        sent: hist.len(),
+        received: hist.len(),
+        recv_rate: hist.len() as f64 / elapsed,
+        latency: Latency::from_hist(&hist),
         ..Default::default()
     })
 }

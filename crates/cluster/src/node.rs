@@ -18,7 +18,6 @@ use starling_broker::session::SessionLimits;
 use starling_broker::{Broker, MqttConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin_service::AdminService;
 use crate::forwarder::PeerForwarder;
@@ -206,6 +205,12 @@ impl ClusterNode {
         };
         let admin = AdminService { node: node.clone() };
         let mut stop = shutdown.clone();
+        // Nagle off on accepted peer sockets: tonic applies its own
+        // `tcp_nodelay` only to listeners it binds itself, and small gRPC
+        // responses otherwise wait for delayed ACKs (~40 ms).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from_listener(grpc, true, Some(Duration::from_secs(10)))
+                .map_err(|e| anyhow::anyhow!("gRPC listener: {e}"))?;
         tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -217,7 +222,7 @@ impl ClusterNode {
                         .max_encoding_message_size(MAX_MESSAGE),
                 )
                 .add_service(AdminServer::new(admin))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;
@@ -572,6 +577,18 @@ impl ClusterNode {
         g("starling_raft_commit_index", "Highest committed log index.", "gauge", st.commit_index);
         g("starling_raft_applied_index", "Highest applied log index.", "gauge", st.applied_index);
         g("starling_ready", "1 when the node accepts clients.", "gauge", u64::from(st.ready));
+        let relaxed = Ordering::Relaxed;
+        g(
+            "starling_raft_applied_entries_total",
+            "Log entries applied to the state machine.",
+            "counter",
+            self.sm.applied_entries.load(relaxed),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP starling_raft_apply_seconds_total Time spent applying entries (divide by entries for the mean apply latency).\n# TYPE starling_raft_apply_seconds_total counter\nstarling_raft_apply_seconds_total {:.6}",
+            self.sm.apply_nanos.load(relaxed) as f64 / 1e9
+        );
         let _ =
             writeln!(s, "# HELP starling_raft_replication_lag Entries a member is behind (leader's view).");
         let _ = writeln!(s, "# TYPE starling_raft_replication_lag gauge");

@@ -43,6 +43,9 @@ pub struct SmShared {
     pub views: Arc<LocalViews>,
     applied_tx: watch::Sender<u64>,
     snapshot_seq: std::sync::atomic::AtomicU64,
+    /// Time spent applying entries (ns) and entries applied, for metrics.
+    pub apply_nanos: std::sync::atomic::AtomicU64,
+    pub applied_entries: std::sync::atomic::AtomicU64,
 }
 
 impl SmShared {
@@ -106,6 +109,8 @@ impl StateMachine {
                 views,
                 applied_tx,
                 snapshot_seq: std::sync::atomic::AtomicU64::new(0),
+                apply_nanos: std::sync::atomic::AtomicU64::new(0),
+                applied_entries: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         if let Some((meta, data)) = sm.read_current_snapshot()? {
@@ -201,6 +206,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut replies = Vec::new();
         let mut last = None;
+        let started = std::time::Instant::now();
         {
             let mut inner = self.shared.inner.lock();
             for entry in entries {
@@ -224,6 +230,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.shared.apply_nanos.fetch_add(started.elapsed().as_nanos() as u64, relaxed);
+        self.shared.applied_entries.fetch_add(replies.len() as u64, relaxed);
         if let Some(i) = last {
             self.shared.applied_tx.send_replace(i);
         }

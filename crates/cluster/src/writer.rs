@@ -23,7 +23,7 @@ use crate::types::{wall_ms, Batch, Command, CommandResult, NodeId, Raft};
 
 const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 512;
-const IN_FLIGHT: usize = 16;
+const IN_FLIGHT: usize = 2;
 /// Forwarding hops a write may take (follower → leader → new leader).
 pub const MAX_HOPS: u32 = 2;
 
