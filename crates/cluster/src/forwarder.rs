@@ -9,11 +9,15 @@
 //! Policy when a peer is slow or down (documented in operations.md):
 //! - the queue holds `QUEUE_PER_PEER` messages; when full, new messages
 //!   for that peer are dropped and counted;
-//! - while the link is disconnected, messages for that peer are dropped at
-//!   once and counted, and a failed stream drops its unacknowledged
-//!   batches — in every case the waiting publishers are released, so a
-//!   dead peer never stalls delivery to the others. The peer's sessions
-//!   are reset by the leader once it is declared down.
+//! - while the stream is broken (peer restarting, network blip) messages
+//!   wait in the queue and the link reconnects every `RECONNECT_DELAY`;
+//!   batches that were sent but not acknowledged are sent again first
+//!   (at-least-once: a QoS 1/2 subscriber may see a duplicate);
+//! - once the cluster declares the peer down (`set_down`), everything
+//!   queued for it is dropped and counted, and new messages for it are
+//!   dropped at once. In every case the waiting publishers are released:
+//!   a dead peer delays QoS 1/2 acknowledgements by at most the liveness
+//!   timeout and never stalls delivery to the other peers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -40,7 +44,7 @@ const BATCH_MESSAGES: usize = 512;
 const BATCH_BYTES: usize = 1024 * 1024;
 /// Batches sent and not yet acknowledged per peer.
 const UNACKED_BATCHES: usize = 256;
-const RECONNECT_DELAY: Duration = Duration::from_millis(300);
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
 /// Completes the publisher's waiter when every peer is done with it.
 struct AckGroup {
@@ -75,7 +79,10 @@ struct Item {
 /// Per-peer counters for `/metrics`.
 #[derive(Default)]
 pub struct LinkStats {
+    /// The stream to the peer is open.
     pub connected: AtomicBool,
+    /// The cluster declared the peer down: drop instead of queueing.
+    pub down: AtomicBool,
     pub messages: AtomicU64,
     pub bytes: AtomicU64,
     pub dropped: AtomicU64,
@@ -127,8 +134,6 @@ impl PeerForwarder {
             }
             let (tx, rx) = mpsc::channel(QUEUE_PER_PEER);
             let stats = Arc::new(LinkStats::default());
-            // Optimistic until the first attempt: messages queue meanwhile.
-            stats.connected.store(true, Ordering::Relaxed);
             let task = tokio::spawn(run_link(
                 *id,
                 addr.clone(),
@@ -140,6 +145,14 @@ impl PeerForwarder {
             ));
             links.insert(*id, Link { addr: addr.clone(), tx, stats, task });
             tracing::info!(peer = id, %addr, "forwarding link created");
+        }
+    }
+
+    /// Follows the replicated liveness: peers declared down get their
+    /// queued messages dropped (publishers released) until they return.
+    pub fn set_down(&self, down: &std::collections::BTreeSet<NodeId>) {
+        for (id, l) in self.links.read().iter() {
+            l.stats.down.store(down.contains(id), Ordering::Relaxed);
         }
     }
 
@@ -180,7 +193,7 @@ impl Forwarder for PeerForwarder {
             };
             if let Some(l) = links.get(&plan.node.0) {
                 // Queue full, or peer down: dropped now (the ticket completes).
-                if !l.stats.connected.load(Ordering::Relaxed) || l.tx.try_send(item).is_err() {
+                if l.stats.down.load(Ordering::Relaxed) || l.tx.try_send(item).is_err() {
                     l.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -262,6 +275,16 @@ fn encode_item(item: &Item, now: Instant) -> ForwardedMessage {
     m
 }
 
+fn batch_of(items: &[Item], cluster_id: &Mutex<String>, me: NodeId, seq: u64) -> ForwardBatch {
+    let now = Instant::now();
+    ForwardBatch {
+        cluster_id: cluster_id.lock().clone(),
+        from_node: me,
+        seq,
+        messages: items.iter().map(|i| encode_item(i, now)).collect(),
+    }
+}
+
 async fn run_link(
     peer: NodeId,
     addr: String,
@@ -272,23 +295,30 @@ async fn run_link(
     stats: Arc<LinkStats>,
 ) {
     let mut seq: u64 = 0;
+    // Sent on a stream that broke before acknowledging them.
+    let mut resend: VecDeque<Vec<Item>> = VecDeque::new();
     loop {
-        let client = channels.peer(&addr);
+        if stats.down.load(Ordering::Relaxed) {
+            // Declared down: release everything that waits for it.
+            let mut dropped = resend.drain(..).map(|b| b.len()).sum::<usize>();
+            while let Ok(item) = rx.try_recv() {
+                dropped += 1;
+                drop(item);
+            }
+            stats.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+            tokio::time::sleep(RECONNECT_DELAY).await;
+            continue;
+        }
         let (btx, brx) = mpsc::channel::<ForwardBatch>(64);
-        let opened = match client {
+        let opened = match channels.peer(&addr) {
             Ok(mut c) => c.forward(ReceiverStream::new(brx)).await.map(|r| r.into_inner()),
             Err(e) => Err(tonic::Status::unavailable(e.to_string())),
         };
         let mut acks = match opened {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(peer, %addr, error = %e, "forward stream not open");
+                tracing::debug!(peer, %addr, error = %e, "forward stream not open; retrying");
                 stats.connected.store(false, Ordering::Relaxed);
-                // Drop what waits for a peer we cannot reach.
-                while let Ok(item) = rx.try_recv() {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    drop(item);
-                }
                 tokio::time::sleep(RECONNECT_DELAY).await;
                 continue;
             }
@@ -297,11 +327,20 @@ async fn run_link(
             tracing::info!(peer, %addr, "forward stream open");
         }
         let mut unacked: VecDeque<(u64, Vec<Item>)> = VecDeque::new();
-        loop {
+        let mut broken = false;
+        while let Some(items) = resend.pop_front() {
+            seq += 1;
+            if btx.send(batch_of(&items, &cluster_id, me, seq)).await.is_err() {
+                resend.push_front(items);
+                broken = true;
+                break;
+            }
+            unacked.push_back((seq, items));
+        }
+        while !broken {
             tokio::select! {
                 first = rx.recv(), if unacked.len() < UNACKED_BATCHES => {
                     let Some(first) = first else { return };
-                    let now = Instant::now();
                     let mut items = vec![first];
                     let mut bytes = items[0].msg.payload.len();
                     while items.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
@@ -314,15 +353,10 @@ async fn run_link(
                         }
                     }
                     seq += 1;
-                    let batch = ForwardBatch {
-                        cluster_id: cluster_id.lock().clone(),
-                        from_node: me,
-                        seq,
-                        messages: items.iter().map(|i| encode_item(i, now)).collect(),
-                    };
                     stats.messages.fetch_add(items.len() as u64, Ordering::Relaxed);
                     stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    if btx.send(batch).await.is_err() {
+                    if btx.send(batch_of(&items, &cluster_id, me, seq)).await.is_err() {
+                        resend.push_back(items);
                         break;
                     }
                     unacked.push_back((seq, items));
@@ -334,15 +368,21 @@ async fn run_link(
                                 unacked.pop_front();
                             }
                         }
-                        Ok(None) | Err(_) => break,
+                        Ok(None) | Err(_) => broken = true,
                     }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(200)), if stats.down.load(Ordering::Relaxed) => {
+                    broken = true;
                 }
             }
         }
-        let lost: usize = unacked.iter().map(|(_, i)| i.len()).sum();
-        stats.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+        // Unacknowledged batches go again, before anything newer.
+        let pending = unacked.len();
+        for (_, items) in unacked.into_iter().rev() {
+            resend.push_front(items);
+        }
         stats.connected.store(false, Ordering::Relaxed);
-        tracing::info!(peer, %addr, unacknowledged = lost, "forward stream closed");
+        tracing::info!(peer, %addr, unacknowledged_batches = pending, "forward stream closed");
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
 }

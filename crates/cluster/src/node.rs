@@ -351,9 +351,11 @@ impl ClusterNode {
         )
     }
 
-    /// Keeps the forwarder's links equal to the membership.
+    /// Keeps the forwarder's links equal to the membership, and their
+    /// down flags equal to the replicated liveness.
     async fn follow_membership(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut metrics = self.raft.metrics();
+        let mut applied = self.sm.applied_watch();
         loop {
             let peers: Vec<(NodeId, String)> = metrics
                 .borrow()
@@ -364,8 +366,10 @@ impl ClusterNode {
                 .map(|(id, n)| (*id, n.grpc.clone()))
                 .collect();
             self.forwarder.set_peers(&peers);
+            self.forwarder.set_down(&self.sm.with_state(|s| s.down.clone()));
             tokio::select! {
                 r = metrics.changed() => if r.is_err() { return },
+                r = applied.changed() => if r.is_err() { return },
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
