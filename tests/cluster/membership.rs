@@ -85,3 +85,45 @@ async fn a_node_never_joins_a_second_cluster_by_accident() {
     let log = std::fs::read_to_string(&c.nodes[2].log).unwrap();
     assert!(log.contains("already a member"), "{log}");
 }
+
+/// Users and ACL rules changed through one node apply on all nodes.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicated_users_and_acl_rules() {
+    let mut c = Cluster::start(0).await;
+    for id in 1..=3u64 {
+        c.add_node(id, vec!["--set".into(), "auth.allow_anonymous=false".into()]);
+        let join = if id == 1 { None } else { Some(c.node(1).grpc) };
+        c.launch(id, join);
+        c.wait_ready(id).await;
+    }
+    c.wait_members(3).await;
+    let login = |id: &str, user: &str, pw: &str| {
+        let mut p = starling_tests::connect_packet(V5, id, true);
+        p.username = Some(user.into());
+        p.password = Some(bytes::Bytes::copy_from_slice(pw.as_bytes()));
+        p
+    };
+    // Unknown user everywhere.
+    let mut x = RawClient::tcp(c.node(3).mqtt, V5).await;
+    assert_eq!(x.handshake(login("a0", "alice", "pw1")).await.code, ReasonCode::BAD_USER_NAME_OR_PASSWORD.0);
+    // Added on node 1, valid on node 3.
+    let (ok, out, err) = c.cli_cmd(1, &["user", "add", "alice", "--password", "pw1"]);
+    assert!(ok, "{out}{err}\n{}", c.logs());
+    let (mut alice, _) = RawClient::connect_with(c.node(3).mqtt, login("a1", "alice", "pw1")).await;
+    let (ok, out, _) = c.cli_cmd(2, &["user", "list"]);
+    assert!(ok && out.lines().any(|l| l == "alice"), "{out}");
+    // A rule added on node 2 applies on node 3 at once.
+    let (ok, out, err) = c.cli_cmd(2, &["acl", "add", "--allow", "--readwrite", "--user", "alice", "team/#"]);
+    assert!(ok, "{out}{err}");
+    alice.publish("team/x", b"ok", QoS::AtLeastOnce, false, 1).await;
+    assert!(matches!(alice.recv().await, Some(Packet::Ack(a)) if !a.reason.is_error()));
+    alice.publish("other", b"no", QoS::AtLeastOnce, false, 2).await;
+    assert!(matches!(alice.recv().await, Some(Packet::Ack(a)) if a.reason == ReasonCode::NOT_AUTHORIZED));
+    let (ok, out, _) = c.cli_cmd(1, &["acl", "list"]);
+    assert!(ok && out.contains("team/#") && out.contains("user alice"), "{out}");
+    // Removing the user: new logins fail everywhere.
+    let (ok, _, err) = c.cli_cmd(3, &["user", "remove", "alice"]);
+    assert!(ok, "{err}");
+    let mut y = RawClient::tcp(c.node(2).mqtt, V5).await;
+    assert_eq!(y.handshake(login("a2", "alice", "pw1")).await.code, ReasonCode::BAD_USER_NAME_OR_PASSWORD.0);
+}

@@ -8,6 +8,7 @@ mod http;
 mod publish;
 mod retained;
 mod rust_client;
+mod security;
 mod session;
 mod shared;
 mod subscribe;

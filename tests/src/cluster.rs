@@ -126,6 +126,9 @@ impl Cluster {
     pub async fn start(n: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = Cluster { nodes: Vec::new(), dir };
+        if n == 0 {
+            return c;
+        }
         for i in 1..=n as u64 {
             c.add_node(i, Vec::new());
             let join = if i == 1 { None } else { Some(c.nodes[0].grpc) };
@@ -243,6 +246,25 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout).into(),
             String::from_utf8_lossy(&out.stderr).into(),
         )
+    }
+
+    /// `starling <args> --server <node's gRPC>` for any admin command.
+    pub fn cli_cmd(&self, id: u64, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(starling_bin())
+            .args(args)
+            .args(["--server", &self.node(id).grpc.to_string()])
+            .output()
+            .expect("run the CLI");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes.iter().map(|n| format!("--- node {} ---\n{}\n", n.id, n.log_tail())).collect()
     }
 
     /// `cluster status --json` as seen through node `id`.

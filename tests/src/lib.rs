@@ -24,6 +24,9 @@ pub struct TestServer {
     pub mqtt: SocketAddr,
     pub ws: SocketAddr,
     pub http: SocketAddr,
+    /// MQTT over TLS and secure WebSocket, when the config enables TLS.
+    pub mqtts: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -43,11 +46,14 @@ impl TestServer {
         tweak(&mut config);
         config.validate().expect("valid test config");
         let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+        let tls = config.tls.enabled();
         let listeners = Listeners {
             mqtt: Some(bind().await),
             ws: Some(bind().await),
             http: Some(bind().await),
             grpc: Some(bind().await),
+            mqtts: if tls { Some(bind().await) } else { None },
+            wss: if tls { Some(bind().await) } else { None },
         };
         let a = listeners.addresses();
         let (tx, rx) = oneshot::channel::<()>();
@@ -64,6 +70,8 @@ impl TestServer {
             mqtt: a.mqtt.expect("mqtt"),
             ws: a.ws.expect("ws"),
             http: a.http.expect("http"),
+            mqtts: a.mqtts,
+            wss: a.wss,
             stop: Some(tx),
             handle: Some(handle),
             _dir: dir,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use starling_codec::{QoS, ReasonCode};
 use tokio::sync::{watch, Notify};
 
+use crate::auth::AuthService;
 use crate::config::MqttConfig;
 use crate::forward::Forwarder;
 use crate::ids::{ClientId, Epoch, EpochSource, NodeId};
@@ -39,6 +40,7 @@ pub(crate) struct Inner {
     idle: Notify,
     /// Delivery to other nodes; unset on a single process.
     pub(crate) forwarder: OnceLock<Arc<dyn Forwarder>>,
+    pub(crate) auth: Arc<AuthService>,
 }
 
 /// A running broker node's MQTT side.
@@ -61,6 +63,7 @@ impl Broker {
         metrics: Arc<Metrics>,
         views: Views,
         port: Arc<dyn StatePort>,
+        auth: Arc<AuthService>,
     ) -> Broker {
         let (shutdown, _) = watch::channel(false);
         let max_qos = QoS::from_u8(config.max_qos).unwrap_or(QoS::ExactlyOnce);
@@ -83,6 +86,7 @@ impl Broker {
                 live_connections: AtomicUsize::new(0),
                 idle: Notify::new(),
                 forwarder: OnceLock::new(),
+                auth,
             }),
         }
     }
@@ -91,12 +95,17 @@ impl Broker {
     pub fn in_memory(config: MqttConfig) -> Broker {
         let views = Views::default();
         let port = Arc::new(MemoryState::new(views.clone()));
-        Broker::new(NodeId(1), config, Arc::new(Metrics::default()), views, port)
+        let auth = Arc::new(AuthService::new(Default::default()));
+        Broker::new(NodeId(1), config, Arc::new(Metrics::default()), views, port, auth)
     }
 
     /// Installs the forwarder for remote subscribers (once, at startup).
     pub fn set_forwarder(&self, f: Arc<dyn Forwarder>) {
         let _ = self.inner.forwarder.set(f);
+    }
+
+    pub fn auth(&self) -> &Arc<AuthService> {
+        &self.inner.auth
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -133,7 +142,12 @@ impl Broker {
 
     /// Prometheus text for `/metrics`.
     pub fn render_metrics(&self) -> String {
-        self.inner.metrics.render_prometheus(&self.gauges())
+        let mut s = self.inner.metrics.render_prometheus(&self.gauges());
+        let failures = self.inner.auth.failures_total.load(Ordering::Relaxed);
+        s.push_str(&format!(
+            "# HELP starling_auth_failures_total CONNECTs refused for bad or missing credentials.\n# TYPE starling_auth_failures_total counter\nstarling_auth_failures_total {failures}\n"
+        ));
+        s
     }
 
     /// Ready to take clients: the state port can commit.

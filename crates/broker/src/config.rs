@@ -44,8 +44,16 @@ pub struct MqttConfig {
     pub max_topic_length: usize,
     /// Most levels in a topic name or filter.
     pub max_topic_levels: usize,
-    /// Most subscriptions one client may hold (0 = unlimited).
+    /// Most subscriptions one client may hold (0 = unlimited). Filters
+    /// over the limit fail in the SUBACK (5.0 0x97, 3.x 0x80).
     pub max_subscriptions_per_client: usize,
+    /// PUBLISH packets per second one connection may send (0 = no
+    /// limit). Above it the broker stops reading from the connection until
+    /// it is within the limit again (TCP back-pressure).
+    pub publish_rate: u32,
+    /// PUBLISH payload bytes per second one connection may send (0 = no
+    /// limit); same back-pressure.
+    pub publish_bytes_rate: u64,
     /// Prefix of client identifiers the server assigns.
     pub assigned_client_id_prefix: String,
 }
@@ -68,6 +76,8 @@ impl Default for MqttConfig {
             max_topic_length: 1024,
             max_topic_levels: 32,
             max_subscriptions_per_client: 0,
+            publish_rate: 0,
+            publish_bytes_rate: 0,
             assigned_client_id_prefix: "auto-".into(),
         }
     }

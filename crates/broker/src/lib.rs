@@ -7,6 +7,7 @@
 //! implements it for a single process; the cluster crate implements it on
 //! openraft + sled. This crate never depends on either.
 
+pub mod auth;
 mod broker;
 pub mod config;
 pub mod connection;

@@ -180,4 +180,12 @@ impl StatePort for MemoryState {
     fn is_ready(&self) -> bool {
         true
     }
+
+    fn subscription_filters(&self, client: &ClientId) -> Vec<String> {
+        self.records
+            .lock()
+            .get(client)
+            .map(|r| r.subscriptions.keys().map(|f| f.as_str().to_string()).collect())
+            .unwrap_or_default()
+    }
 }

@@ -17,6 +17,8 @@ pub enum DropReason {
     TooLarge,
     /// QoS 0 for a session that is not connected.
     OfflineQos0,
+    /// The subscriber may not read the topic (ACL).
+    NotAuthorized,
 }
 
 impl DropReason {
@@ -26,11 +28,17 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::TooLarge => "too_large",
             DropReason::OfflineQos0 => "offline_qos0",
+            DropReason::NotAuthorized => "not_authorized",
         }
     }
 
-    const ALL: [DropReason; 4] =
-        [DropReason::QueueFull, DropReason::Expired, DropReason::TooLarge, DropReason::OfflineQos0];
+    const ALL: [DropReason; 5] = [
+        DropReason::QueueFull,
+        DropReason::Expired,
+        DropReason::TooLarge,
+        DropReason::OfflineQos0,
+        DropReason::NotAuthorized,
+    ];
 
     fn index(self) -> usize {
         self as usize
@@ -47,12 +55,20 @@ pub struct Metrics {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     /// Indexed by `DropReason as usize`, then QoS.
-    dropped: [[AtomicU64; 3]; 4],
+    dropped: [[AtomicU64; 3]; 5],
     pub protocol_errors: AtomicU64,
     pub wills_published: AtomicU64,
     pub sessions_expired: AtomicU64,
     pub sessions_taken_over: AtomicU64,
     pub keepalive_timeouts: AtomicU64,
+    /// PUBLISHes refused by the ACL.
+    pub publish_denied: AtomicU64,
+    /// SUBSCRIBE filters refused by the ACL.
+    pub subscribe_denied: AtomicU64,
+    /// SUBSCRIBE filters refused by `max_subscriptions_per_client`.
+    pub subscribe_quota: AtomicU64,
+    /// Times a client's reading was paused by the publish rate limit.
+    pub rate_limited: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -193,6 +209,34 @@ impl Metrics {
             "Connections closed because the client id connected again.",
             "counter",
             load(&self.sessions_taken_over),
+        );
+        g(
+            &mut s,
+            "starling_publish_denied_total",
+            "PUBLISHes refused by the ACL.",
+            "counter",
+            load(&self.publish_denied),
+        );
+        g(
+            &mut s,
+            "starling_subscribe_denied_total",
+            "SUBSCRIBE filters refused by the ACL.",
+            "counter",
+            load(&self.subscribe_denied),
+        );
+        g(
+            &mut s,
+            "starling_subscribe_quota_exceeded_total",
+            "SUBSCRIBE filters refused by max_subscriptions_per_client.",
+            "counter",
+            load(&self.subscribe_quota),
+        );
+        g(
+            &mut s,
+            "starling_rate_limited_total",
+            "Times a client's reading was paused by its publish rate limit.",
+            "counter",
+            load(&self.rate_limited),
         );
         g(
             &mut s,

@@ -121,4 +121,7 @@ pub trait StatePort: Send + Sync + 'static {
 
     /// Whether this node can commit changes now (readiness).
     fn is_ready(&self) -> bool;
+
+    /// The filters `client` is subscribed to, as applied on this node.
+    fn subscription_filters(&self, client: &ClientId) -> Vec<String>;
 }

@@ -13,11 +13,15 @@ use crate::node::ClusterNode;
 use crate::pb::admin::admin_client::AdminClient;
 use crate::pb::admin::admin_server::Admin;
 use crate::pb::admin::{
-    AddNodeRequest, AddNodeResponse, AdoptRequest, AdoptResponse, InfoRequest, InfoResponse, LeaveRequest,
-    LeaveResponse, RemoveNodeRequest, RemoveNodeResponse, StatusRequest, StatusResponse,
+    self as pb, AclAddRequest, AclAddResponse, AclListRequest, AclListResponse, AclRemoveRequest,
+    AclRemoveResponse, AddNodeRequest, AddNodeResponse, AdoptRequest, AdoptResponse, InfoRequest,
+    InfoResponse, LeaveRequest, LeaveResponse, RemoveNodeRequest, RemoveNodeResponse, StatusRequest,
+    StatusResponse, UserListRequest, UserListResponse, UserRemoveRequest, UserRemoveResponse, UserSetRequest,
+    UserSetResponse,
 };
 use crate::types::{Command, NodeInfo};
 use crate::writer::MAX_HOPS;
+use starling_broker::auth::{password, Access, AclRule, Action};
 
 pub struct AdminService {
     pub node: Arc<ClusterNode>,
@@ -207,6 +211,123 @@ impl Admin for AdminService {
             }
         }
         Ok(Response::new(LeaveResponse { disconnected: disconnected as u64 }))
+    }
+
+    async fn user_set(&self, req: Request<UserSetRequest>) -> Result<Response<UserSetResponse>, Status> {
+        let r = req.into_inner();
+        if r.name.is_empty() || r.name.contains(':') || r.name.contains('\0') {
+            return Err(Status::invalid_argument("a user name must be non-empty, without ':'"));
+        }
+        if r.password.is_empty() {
+            return Err(Status::invalid_argument("empty password"));
+        }
+        let password = r.password;
+        let hash = tokio::task::spawn_blocking(move || password::hash_password(&password))
+            .await
+            .map_err(internal)?
+            .map_err(Status::internal)?;
+        self.propose(Command::UserSet { name: r.name, hash }).await?;
+        Ok(Response::new(UserSetResponse {}))
+    }
+
+    async fn user_remove(
+        &self,
+        req: Request<UserRemoveRequest>,
+    ) -> Result<Response<UserRemoveResponse>, Status> {
+        let name = req.into_inner().name;
+        let existed = matches!(
+            self.propose(Command::UserRemove { name }).await?,
+            crate::types::CommandResult::Expired(true)
+        );
+        Ok(Response::new(UserRemoveResponse { existed }))
+    }
+
+    async fn user_list(&self, _req: Request<UserListRequest>) -> Result<Response<UserListResponse>, Status> {
+        let names = self.node.sm.with_state(|s| s.users.keys().cloned().collect());
+        let file_names = self.node.file_users();
+        Ok(Response::new(UserListResponse { names, file_names }))
+    }
+
+    async fn acl_add(&self, req: Request<AclAddRequest>) -> Result<Response<AclAddResponse>, Status> {
+        let r = req.into_inner();
+        let rule = rule_from_pb(&r.rule.ok_or_else(|| Status::invalid_argument("missing rule"))?)?;
+        let position = r.has_position.then_some(r.position);
+        self.propose(Command::AclAdd { rule, position }).await?;
+        Ok(Response::new(AclAddResponse {}))
+    }
+
+    async fn acl_remove(
+        &self,
+        req: Request<AclRemoveRequest>,
+    ) -> Result<Response<AclRemoveResponse>, Status> {
+        let index = req.into_inner().index;
+        let existed = matches!(
+            self.propose(Command::AclRemove { index }).await?,
+            crate::types::CommandResult::Expired(true)
+        );
+        Ok(Response::new(AclRemoveResponse { existed }))
+    }
+
+    async fn acl_list(&self, _req: Request<AclListRequest>) -> Result<Response<AclListResponse>, Status> {
+        let replicated = self.node.sm.with_state(|s| s.acl.iter().map(rule_to_pb).collect());
+        let all = self.node.broker.auth().rules();
+        let n = self.node.sm.with_state(|s| s.acl.len());
+        let from_file = all.iter().skip(n).map(rule_to_pb).collect();
+        Ok(Response::new(AclListResponse { replicated, from_file }))
+    }
+}
+
+fn rule_to_pb(r: &AclRule) -> pb::AclRule {
+    let access = if r.access == Access::Allow { "allow" } else { "deny" };
+    let action = match r.action {
+        Action::Read => "read",
+        Action::Write => "write",
+        Action::Readwrite => "readwrite",
+    };
+    pb::AclRule {
+        access: access.into(),
+        action: action.into(),
+        topic: r.topic.clone(),
+        user: r.user.clone().unwrap_or_default(),
+        client: r.client.clone().unwrap_or_default(),
+    }
+}
+
+fn rule_from_pb(r: &pb::AclRule) -> Result<AclRule, Status> {
+    let access = match r.access.as_str() {
+        "allow" => Access::Allow,
+        "deny" => Access::Deny,
+        other => {
+            return Err(Status::invalid_argument(format!("access must be allow or deny, not {other:?}")))
+        }
+    };
+    let action = match r.action.as_str() {
+        "read" => Action::Read,
+        "write" => Action::Write,
+        "readwrite" => Action::Readwrite,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "action must be read, write or readwrite, not {other:?}"
+            )))
+        }
+    };
+    let rule = AclRule {
+        access,
+        action,
+        topic: r.topic.clone(),
+        user: (!r.user.is_empty()).then(|| r.user.clone()),
+        client: (!r.client.is_empty()).then(|| r.client.clone()),
+    };
+    rule.validate().map_err(Status::invalid_argument)?;
+    Ok(rule)
+}
+
+impl AdminService {
+    async fn propose(&self, cmd: Command) -> Result<crate::types::CommandResult, Status> {
+        let (mut results, index) =
+            self.node.proposer.propose(vec![cmd], 0).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        self.node.sm.wait_applied(index, Duration::from_secs(5)).await;
+        results.pop().ok_or_else(|| Status::internal("no result"))
     }
 }
 

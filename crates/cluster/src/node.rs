@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use parking_lot::Mutex;
+use starling_broker::auth::AuthService;
 use starling_broker::ids::NodeId as BrokerNodeId;
 use starling_broker::memory::Views;
 use starling_broker::metrics::Metrics;
@@ -75,6 +76,7 @@ pub struct ClusterNode {
     draining: AtomicBool,
     reset_done: AtomicBool,
     config: ClusterConfig,
+    file_users: Mutex<Vec<String>>,
 }
 
 /// Readiness: a leader is known and recently heard from (or, on the
@@ -109,6 +111,7 @@ impl ClusterNode {
         config: ClusterConfig,
         mqtt: MqttConfig,
         metrics: Arc<Metrics>,
+        auth: Arc<AuthService>,
         grpc: TcpListener,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<ClusterNode>> {
@@ -171,7 +174,7 @@ impl ClusterNode {
                 cluster_id: cluster_id.clone(),
                 readiness,
             });
-            let broker = Broker::new(BrokerNodeId(node_id), mqtt, metrics, views, port);
+            let broker = Broker::new(BrokerNodeId(node_id), mqtt, metrics, views, port, auth);
             ClusterNode {
                 node_id,
                 info: config.advertise.clone(),
@@ -189,9 +192,10 @@ impl ClusterNode {
                 draining: AtomicBool::new(false),
                 reset_done: AtomicBool::new(false),
                 config: config.clone(),
+                file_users: Mutex::new(Vec::new()),
             }
         });
-        local.set_broker(node.broker.clone());
+        shared.with_state(|st| local.set_broker(node.broker.clone(), st));
         node.broker.set_forwarder(node.forwarder.clone());
 
         // gRPC services.
@@ -493,6 +497,16 @@ impl ClusterNode {
                 }
             }
         }
+    }
+
+    /// Users from this node's password file (not replicated).
+    pub fn file_users(&self) -> Vec<String> {
+        self.file_users.lock().clone()
+    }
+
+    /// Records the names of the password file's users, for `user list`.
+    pub fn set_file_users(&self, names: Vec<String>) {
+        *self.file_users.lock() = names;
     }
 
     /// Whether `node` answers a ping now (within a second).

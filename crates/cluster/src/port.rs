@@ -220,4 +220,13 @@ impl StatePort for ClusterPort {
     fn is_ready(&self) -> bool {
         (self.readiness)()
     }
+
+    fn subscription_filters(&self, client: &ClientId) -> Vec<String> {
+        self.sm.with_state(|s| {
+            s.sessions
+                .get(client.as_str())
+                .map(|r| r.subscriptions.keys().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
 }

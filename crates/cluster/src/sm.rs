@@ -224,7 +224,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         for cmd in batch.commands {
                             results.push(inner.state.apply(batch.time_ms, cmd, &mut effects));
                         }
-                        self.shared.views.apply(effects);
+                        self.shared.views.apply(effects, &inner.state);
                         replies.push(BatchResult(results));
                     }
                 }

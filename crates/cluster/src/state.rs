@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use starling_broker::auth::AclRule;
+
 use crate::types::{Command, CommandResult, EpochRec, MessageRecord, NodeId, SessionRecord, SubRecord};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +22,10 @@ pub struct ReplicatedState {
     pub down: BTreeSet<NodeId>,
     /// Leader time of the last applied entry.
     pub time_ms: u64,
+    /// Users managed with `starling user ...`: name → argon2id hash.
+    pub users: BTreeMap<String, String>,
+    /// ACL rules managed with `starling acl ...`, in evaluation order.
+    pub acl: Vec<AclRule>,
 }
 
 /// A local consequence of an applied command.
@@ -71,6 +77,10 @@ pub enum Effect {
     Will {
         message: MessageRecord,
     },
+    /// The replicated users changed.
+    Users,
+    /// The replicated ACL rules changed.
+    Acl,
 }
 
 impl ReplicatedState {
@@ -166,6 +176,30 @@ impl ReplicatedState {
                     self.down.insert(node);
                 }
                 CommandResult::Done
+            }
+            Command::UserSet { name, hash } => {
+                self.users.insert(name, hash);
+                fx.push(Effect::Users);
+                CommandResult::Done
+            }
+            Command::UserRemove { name } => {
+                let existed = self.users.remove(&name).is_some();
+                fx.push(Effect::Users);
+                CommandResult::Expired(existed)
+            }
+            Command::AclAdd { rule, position } => {
+                let at = position.map_or(self.acl.len(), |p| (p as usize).min(self.acl.len()));
+                self.acl.insert(at, rule);
+                fx.push(Effect::Acl);
+                CommandResult::Done
+            }
+            Command::AclRemove { index } => {
+                let existed = (index as usize) < self.acl.len();
+                if existed {
+                    self.acl.remove(index as usize);
+                    fx.push(Effect::Acl);
+                }
+                CommandResult::Expired(existed)
             }
             Command::PublishWill { client } => {
                 let msg = match self.sessions.get_mut(&client) {
@@ -559,6 +593,44 @@ mod tests {
         );
         s.apply(4, Command::NodeReset { node: 1 }, &mut fx);
         assert!(s.retained.contains_key("w"), "a retained will is stored");
+    }
+
+    #[test]
+    fn every_command_survives_bincode() {
+        use starling_broker::auth::{Access, Action};
+        let cmds = vec![
+            Command::AclAdd {
+                rule: AclRule {
+                    access: Access::Allow,
+                    action: Action::Read,
+                    topic: "a/#".into(),
+                    user: None,
+                    client: None,
+                },
+                position: None,
+            },
+            Command::AclAdd {
+                rule: AclRule {
+                    access: Access::Deny,
+                    action: Action::Readwrite,
+                    topic: "b".into(),
+                    user: Some("u".into()),
+                    client: None,
+                },
+                position: Some(0),
+            },
+            Command::UserSet { name: "n".into(), hash: "h".into() },
+            Command::Claim {
+                client: "c".into(),
+                epoch: ep(1, 2),
+                clean_start: true,
+                expiry_interval: 3,
+                will: Some(will(4)),
+            },
+        ];
+        let bytes = bincode::serialize(&cmds).unwrap();
+        let back: Vec<Command> = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, cmds);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use starling_broker::auth::AclRule;
 use starling_broker::ids::{ClientId, Epoch};
 use starling_broker::message::{Message, MessageProperties};
 use starling_broker::will::WillSpec;
@@ -277,6 +278,23 @@ pub enum Command {
     /// A delayed will of an unowned session is due.
     PublishWill {
         client: String,
+    },
+    /// Adds or replaces a user (argon2id hash).
+    UserSet {
+        name: String,
+        hash: String,
+    },
+    UserRemove {
+        name: String,
+    },
+    /// Inserts an ACL rule at `position` (end when past it).
+    AclAdd {
+        rule: AclRule,
+        position: Option<u32>,
+    },
+    /// Removes the rule at `index` (0-based).
+    AclRemove {
+        index: u32,
     },
 }
 

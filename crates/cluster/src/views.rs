@@ -50,8 +50,11 @@ impl LocalViews {
         }
     }
 
-    pub fn set_broker(&self, b: Broker) {
+    /// Connects the views to the broker; its auth service receives the
+    /// replicated users and rules applied so far.
+    pub fn set_broker(&self, b: Broker, state: &ReplicatedState) {
         let _ = self.broker.set(b);
+        self.sync_auth(state, true, true);
     }
 
     /// Registers the runtime a claim proposed here will install.
@@ -108,7 +111,18 @@ impl LocalViews {
         self.handoff.lock().remove(client);
     }
 
-    pub fn apply(&self, effects: Vec<Effect>) {
+    fn sync_auth(&self, state: &ReplicatedState, users: bool, acl: bool) {
+        if let Some(b) = self.broker.get() {
+            if users {
+                b.auth().set_replicated_users(state.users.clone());
+            }
+            if acl {
+                b.auth().set_replicated_rules(state.acl.clone());
+            }
+        }
+    }
+
+    pub fn apply(&self, effects: Vec<Effect>, state: &ReplicatedState) {
         let now_wall = wall_ms();
         let now = Instant::now();
         for fx in effects {
@@ -192,6 +206,8 @@ impl LocalViews {
                         );
                     }
                 }
+                Effect::Users => self.sync_auth(state, true, false),
+                Effect::Acl => self.sync_auth(state, false, true),
                 Effect::Will { message } => {
                     if let Some(b) = self.broker.get() {
                         let m = message.to_message(now_wall, now);
@@ -205,6 +221,7 @@ impl LocalViews {
 
     /// Rebuilds every view from a full state (snapshot install, start).
     pub fn rebuild(&self, state: &ReplicatedState) {
+        self.sync_auth(state, true, true);
         let now_wall = wall_ms();
         let now = Instant::now();
         self.views.routes.clear();

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use starling_broker::auth::password::{hash_password, PasswordFile};
 use starling_cluster::pb::admin::admin_client::AdminClient;
 use starling_cluster::pb::admin::{
-    AddNodeRequest, LeaveRequest, RemoveNodeRequest, StatusRequest, StatusResponse,
+    AclAddRequest, AclListRequest, AclRemoveRequest, AclRule, AddNodeRequest, LeaveRequest,
+    RemoveNodeRequest, StatusRequest, StatusResponse, UserListRequest, UserRemoveRequest, UserSetRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -123,5 +125,153 @@ pub async fn leave(server: &str) -> anyhow::Result<()> {
         "node drained ({} clients disconnected) and removed from the cluster; it can be stopped",
         r.disconnected
     );
+    Ok(())
+}
+
+/// Reads a password: twice from a terminal without echo, or one line
+/// from standard input when it is not a terminal.
+pub fn read_password(user: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let a = rpassword::prompt_password(format!("Password for {user}: "))?;
+        let b = rpassword::prompt_password("Reenter password: ")?;
+        if a != b {
+            anyhow::bail!("passwords do not match");
+        }
+        if a.is_empty() {
+            anyhow::bail!("empty password");
+        }
+        Ok(a)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let p = line.trim_end_matches(['\n', '\r']).to_string();
+        if p.is_empty() {
+            anyhow::bail!("empty password on standard input");
+        }
+        Ok(p)
+    }
+}
+
+/// `starling passwd FILE USER`: add/update (argon2id) or delete a user.
+pub fn passwd(
+    file: &std::path::Path,
+    user: &str,
+    password: Option<String>,
+    delete: bool,
+) -> anyhow::Result<()> {
+    if user.is_empty() || user.contains(':') {
+        anyhow::bail!("a user name must be non-empty and must not contain ':'");
+    }
+    let mut f = if file.exists() {
+        PasswordFile::load(file).map_err(|e| anyhow::anyhow!(e))?
+    } else {
+        PasswordFile::default()
+    };
+    if delete {
+        if f.users.remove(user).is_none() {
+            anyhow::bail!("user {user} is not in {}", file.display());
+        }
+    } else {
+        let password = match password {
+            Some(p) if !p.is_empty() => p,
+            Some(_) => anyhow::bail!("empty password"),
+            None => read_password(user)?,
+        };
+        f.users.insert(user.to_string(), hash_password(&password).map_err(|e| anyhow::anyhow!(e))?);
+    }
+    f.save(file).with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(())
+}
+
+pub async fn user_add(server: &str, name: &str, password: &str) -> anyhow::Result<()> {
+    let mut c = connect(server).await?;
+    c.user_set(UserSetRequest { name: name.into(), password: password.into() })
+        .await
+        .map_err(status_error)?;
+    println!("user {name} set on every node");
+    Ok(())
+}
+
+pub async fn user_remove(server: &str, name: &str) -> anyhow::Result<()> {
+    let mut c = connect(server).await?;
+    let r = c.user_remove(UserRemoveRequest { name: name.into() }).await.map_err(status_error)?.into_inner();
+    if !r.existed {
+        anyhow::bail!("no replicated user {name}");
+    }
+    println!("user {name} removed");
+    Ok(())
+}
+
+pub async fn user_list(server: &str) -> anyhow::Result<()> {
+    let mut c = connect(server).await?;
+    let r = c.user_list(UserListRequest {}).await.map_err(status_error)?.into_inner();
+    for n in r.names {
+        println!("{n}");
+    }
+    for n in r.file_names {
+        println!("{n}\t(password file)");
+    }
+    Ok(())
+}
+
+pub async fn acl_add(
+    server: &str,
+    access: &str,
+    action: &str,
+    topic: &str,
+    user: Option<String>,
+    client: Option<String>,
+    position: Option<u32>,
+) -> anyhow::Result<()> {
+    let mut c = connect(server).await?;
+    let rule = AclRule {
+        access: access.into(),
+        action: action.into(),
+        topic: topic.into(),
+        user: user.unwrap_or_default(),
+        client: client.unwrap_or_default(),
+    };
+    c.acl_add(AclAddRequest {
+        rule: Some(rule),
+        has_position: position.is_some(),
+        position: position.unwrap_or(0),
+    })
+    .await
+    .map_err(status_error)?;
+    println!("rule added");
+    Ok(())
+}
+
+pub async fn acl_remove(server: &str, index: u32) -> anyhow::Result<()> {
+    let mut c = connect(server).await?;
+    let r = c.acl_remove(AclRemoveRequest { index }).await.map_err(status_error)?.into_inner();
+    if !r.existed {
+        anyhow::bail!("no replicated rule at index {index}");
+    }
+    println!("rule {index} removed");
+    Ok(())
+}
+
+fn rule_line(r: &AclRule) -> String {
+    let who = if !r.user.is_empty() {
+        format!("user {}", r.user)
+    } else if !r.client.is_empty() {
+        format!("client {}", r.client)
+    } else {
+        "all".into()
+    };
+    format!("{:<5} {:<9} {:<30} {who}", r.access, r.action, r.topic)
+}
+
+pub async fn acl_list(server: &str) -> anyhow::Result<()> {
+    let mut c = connect(server).await?;
+    let r = c.acl_list(AclListRequest {}).await.map_err(status_error)?.into_inner();
+    for (i, rule) in r.replicated.iter().enumerate() {
+        println!("{i:>3}  {}", rule_line(rule));
+    }
+    for rule in &r.from_file {
+        println!("file {}", rule_line(rule));
+    }
     Ok(())
 }

@@ -30,6 +30,8 @@ impl Default for NodeConfig {
 pub struct ListenerConfig {
     pub mqtt: String,
     pub ws: String,
+    pub mqtts: String,
+    pub wss: String,
     pub ws_path: String,
     pub http: String,
     pub max_connections: usize,
@@ -41,6 +43,8 @@ impl Default for ListenerConfig {
         ListenerConfig {
             mqtt: "0.0.0.0:1883".into(),
             ws: "0.0.0.0:8083".into(),
+            mqtts: "0.0.0.0:8883".into(),
+            wss: "0.0.0.0:8084".into(),
             ws_path: "/mqtt".into(),
             http: "0.0.0.0:8080".into(),
             max_connections: 100_000,
@@ -85,6 +89,45 @@ impl Default for ClusterSection {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    pub allow_anonymous: bool,
+    pub password_file: String,
+    pub acl_file: String,
+    pub failure_threshold: u32,
+    pub failure_delay_ms: u64,
+    pub use_identity_as_username: bool,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            allow_anonymous: true,
+            password_file: String::new(),
+            acl_file: String::new(),
+            failure_threshold: 3,
+            failure_delay_ms: 2000,
+            use_identity_as_username: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: String,
+    pub require_client_cert: bool,
+}
+
+impl TlsSection {
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
 }
@@ -101,6 +144,8 @@ pub struct Config {
     pub node: NodeConfig,
     pub listeners: ListenerConfig,
     pub mqtt: MqttConfig,
+    pub auth: AuthSection,
+    pub tls: TlsSection,
     pub cluster: ClusterSection,
     pub log: LogConfig,
 }
@@ -127,6 +172,21 @@ impl Config {
         listen_addr("listeners.mqtt", &self.listeners.mqtt)?;
         listen_addr("listeners.ws", &self.listeners.ws)?;
         listen_addr("listeners.http", &self.listeners.http)?;
+        listen_addr("listeners.mqtts", &self.listeners.mqtts)?;
+        listen_addr("listeners.wss", &self.listeners.wss)?;
+        let t = &self.tls;
+        if t.cert.is_empty() != t.key.is_empty() {
+            return Err(ConfigError::new("tls.key", "tls.cert and tls.key go together"));
+        }
+        if t.cert.is_empty() && (!t.client_ca.is_empty() || t.require_client_cert) {
+            return Err(ConfigError::new("tls.client_ca", "client certificates need tls.cert and tls.key"));
+        }
+        if t.require_client_cert && t.client_ca.is_empty() {
+            return Err(ConfigError::new("tls.require_client_cert", "needs tls.client_ca to verify them"));
+        }
+        if self.auth.use_identity_as_username && t.client_ca.is_empty() {
+            return Err(ConfigError::new("auth.use_identity_as_username", "needs tls.client_ca"));
+        }
         if !self.listeners.ws_path.starts_with('/') {
             return Err(ConfigError::new("listeners.ws_path", "must start with '/'"));
         }

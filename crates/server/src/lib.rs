@@ -8,6 +8,7 @@ pub mod config;
 pub mod http;
 pub mod listener;
 pub mod server;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;

@@ -11,12 +11,15 @@ use std::time::Duration;
 use starling_broker::{serve, Broker, ConnectionInfo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 /// Which protocol a listener speaks.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Transport {
     Tcp,
     WebSocket { path: String },
+    Tls { acceptor: TlsAcceptor },
+    SecureWebSocket { acceptor: TlsAcceptor, path: String },
 }
 
 /// Accepts connections until `stop` changes.
@@ -55,11 +58,25 @@ pub async fn accept_loop(
         // connection's, and idle connections are what the memory is for).
         match &transport {
             Transport::Tcp => {
-                let info = ConnectionInfo { peer, transport: "tcp" };
+                let info = ConnectionInfo::new(peer, "tcp");
                 tokio::spawn(serve_with_permit(broker.clone(), socket, info, permit));
             }
             Transport::WebSocket { path } => {
                 tokio::spawn(Box::pin(serve_ws(broker.clone(), socket, peer, path.clone(), permit)));
+            }
+            Transport::Tls { acceptor } => {
+                tokio::spawn(Box::pin(serve_tls(
+                    broker.clone(),
+                    socket,
+                    peer,
+                    acceptor.clone(),
+                    None,
+                    permit,
+                )));
+            }
+            Transport::SecureWebSocket { acceptor, path } => {
+                let (a, p) = (acceptor.clone(), Some(path.clone()));
+                tokio::spawn(Box::pin(serve_tls(broker.clone(), socket, peer, a, p, permit)));
             }
         }
     }
@@ -84,10 +101,52 @@ async fn serve_ws(
     let timeout = Duration::from_secs(broker.config().connect_timeout_secs);
     match tokio::time::timeout(timeout, crate::ws::accept(socket, &path, max)).await {
         Ok(Ok(ws)) => {
-            let info = ConnectionInfo { peer, transport: "ws" };
+            let info = ConnectionInfo::new(peer, "ws");
             Box::pin(serve_with_permit(broker, ws, info, permit)).await
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
         Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+    }
+}
+
+/// TLS handshake (within the connect timeout), then MQTT directly or over
+/// a WebSocket (`ws_path`).
+async fn serve_tls(
+    broker: Broker,
+    socket: TcpStream,
+    peer: String,
+    acceptor: TlsAcceptor,
+    ws_path: Option<String>,
+    permit: OwnedSemaphorePermit,
+) {
+    let timeout = Duration::from_secs(broker.config().connect_timeout_secs);
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let cert_cn = crate::tls::peer_common_name(tls.get_ref().1);
+    match ws_path {
+        None => {
+            let info = ConnectionInfo { peer, transport: "tls", cert_cn };
+            Box::pin(serve_with_permit(broker, tls, info, permit)).await
+        }
+        Some(path) => {
+            let max = broker.config().max_packet_size as usize + 16;
+            match tokio::time::timeout(timeout, crate::ws::accept(tls, &path, max)).await {
+                Ok(Ok(ws)) => {
+                    let info = ConnectionInfo { peer, transport: "wss", cert_cn };
+                    Box::pin(serve_with_permit(broker, ws, info, permit)).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "secure WebSocket handshake failed"),
+                Err(_) => tracing::debug!(%peer, "secure WebSocket handshake timed out"),
+            }
+        }
     }
 }

@@ -25,6 +25,33 @@ enum Command {
     Serve(ServeArgs),
     /// Print the default configuration file, with comments.
     GenerateConfig,
+    /// Add or update a user in a password file (`-D`: delete), like
+    /// mosquitto_passwd. The password is prompted for unless given.
+    Passwd {
+        /// The password file (created if missing).
+        file: PathBuf,
+        user: String,
+        /// The password (otherwise prompted for, or read from stdin).
+        #[arg(long, conflicts_with = "delete")]
+        password: Option<String>,
+        /// Delete the user.
+        #[arg(short = 'D', long = "delete")]
+        delete: bool,
+    },
+    /// Replicated users (`--server`: any node's gRPC address).
+    User {
+        #[arg(long, global = true, default_value = "127.0.0.1:7000", env = "STARLING_ADMIN_SERVER")]
+        server: String,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Replicated ACL rules, evaluated before the ACL file's, first match wins.
+    Acl {
+        #[arg(long, global = true, default_value = "127.0.0.1:7000", env = "STARLING_ADMIN_SERVER")]
+        server: String,
+        #[command(subcommand)]
+        command: AclCommand,
+    },
     /// Cluster administration: status and membership.
     Cluster {
         /// A node's gRPC address.
@@ -33,6 +60,53 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add or update a user (password prompted for unless given).
+    Add {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    Remove {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum AclCommand {
+    /// Add a rule, e.g. `acl add --allow --readwrite --user alice 'chat/#'`.
+    Add {
+        /// Topic filter; %u and %c stand for the user name and client id.
+        topic: String,
+        #[arg(long, conflicts_with = "deny", required_unless_present = "deny")]
+        allow: bool,
+        #[arg(long)]
+        deny: bool,
+        #[arg(long, conflicts_with_all = ["write", "readwrite"])]
+        read: bool,
+        #[arg(long, conflicts_with = "readwrite")]
+        write: bool,
+        #[arg(long)]
+        readwrite: bool,
+        /// Only for this user.
+        #[arg(long, conflicts_with = "client")]
+        user: Option<String>,
+        /// Only for this client id.
+        #[arg(long)]
+        client: Option<String>,
+        /// Insert at this position (0 = first); default: last.
+        #[arg(long)]
+        position: Option<u32>,
+    },
+    /// Remove the rule at INDEX (as listed).
+    Remove {
+        index: u32,
+    },
+    List,
 }
 
 #[derive(Subcommand)]
@@ -238,6 +312,23 @@ fn cluster(server: &str, command: ClusterCommand) -> ExitCode {
     }
 }
 
+fn finish(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("starling: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => finish(rt.block_on(f)),
+        Err(e) => finish(Err(e.into())),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
@@ -247,5 +338,40 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Cluster { server, command } => cluster(&server, command),
+        Command::Passwd { file, user, password, delete } => {
+            finish(admin::passwd(&file, &user, password, delete))
+        }
+        Command::User { server, command } => block_on(async move {
+            match command {
+                UserCommand::Add { name, password } => {
+                    let password = match password {
+                        Some(p) => p,
+                        None => admin::read_password(&name)?,
+                    };
+                    admin::user_add(&server, &name, &password).await
+                }
+                UserCommand::Remove { name } => admin::user_remove(&server, &name).await,
+                UserCommand::List => admin::user_list(&server).await,
+            }
+        }),
+        Command::Acl { server, command } => block_on(async move {
+            match command {
+                AclCommand::Add { topic, allow, deny: _, read, write, readwrite, user, client, position } => {
+                    let action = if read {
+                        "read"
+                    } else if write {
+                        "write"
+                    } else if readwrite {
+                        "readwrite"
+                    } else {
+                        anyhow::bail!("give one of --read, --write or --readwrite")
+                    };
+                    let access = if allow { "allow" } else { "deny" };
+                    admin::acl_add(&server, access, action, &topic, user, client, position).await
+                }
+                AclCommand::Remove { index } => admin::acl_remove(&server, index).await,
+                AclCommand::List => admin::acl_list(&server).await,
+            }
+        }),
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use starling_broker::auth::{acl, password::PasswordFile, AuthService, AuthSettings};
 use starling_broker::metrics::Metrics;
 use starling_cluster::types::NodeInfo;
 use starling_cluster::{ClusterConfig, ClusterNode};
@@ -25,6 +26,8 @@ pub struct Listeners {
     pub ws: Option<TcpListener>,
     pub http: Option<TcpListener>,
     pub grpc: Option<TcpListener>,
+    pub mqtts: Option<TcpListener>,
+    pub wss: Option<TcpListener>,
 }
 
 /// The addresses actually bound.
@@ -34,6 +37,8 @@ pub struct Addresses {
     pub ws: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub grpc: Option<SocketAddr>,
+    pub mqtts: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
 }
 
 async fn bind(key: &str, value: &str) -> anyhow::Result<Option<TcpListener>> {
@@ -51,17 +56,27 @@ async fn bind(key: &str, value: &str) -> anyhow::Result<Option<TcpListener>> {
 impl Listeners {
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
         let l = &config.listeners;
+        let tls = config.tls.enabled();
         Ok(Listeners {
             mqtt: bind("listeners.mqtt", &l.mqtt).await?,
             ws: bind("listeners.ws", &l.ws).await?,
             http: bind("listeners.http", &l.http).await?,
             grpc: bind("cluster.grpc", &config.cluster.grpc).await?,
+            mqtts: if tls { bind("listeners.mqtts", &l.mqtts).await? } else { None },
+            wss: if tls { bind("listeners.wss", &l.wss).await? } else { None },
         })
     }
 
     pub fn addresses(&self) -> Addresses {
         let a = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
-        Addresses { mqtt: a(&self.mqtt), ws: a(&self.ws), http: a(&self.http), grpc: a(&self.grpc) }
+        Addresses {
+            mqtt: a(&self.mqtt),
+            ws: a(&self.ws),
+            http: a(&self.http),
+            grpc: a(&self.grpc),
+            mqtts: a(&self.mqtts),
+            wss: a(&self.wss),
+        }
     }
 }
 
@@ -111,16 +126,27 @@ pub async fn run(
         write_timeout: Duration::from_millis(c.write_timeout_ms),
     };
     let grpc = listeners.grpc.context("the gRPC listener (cluster.grpc) is required")?;
+    let auth = Arc::new(AuthService::new(AuthSettings {
+        allow_anonymous: config.auth.allow_anonymous,
+        failure_threshold: config.auth.failure_threshold,
+        failure_delay: Duration::from_millis(config.auth.failure_delay_ms),
+        use_identity_as_username: config.auth.use_identity_as_username,
+    }));
+    let file_users = load_auth_files(&config, &auth)?;
+    let acceptor = if config.tls.enabled() { Some(crate::tls::acceptor(&config.tls)?) } else { None };
     let (stop_tx, stop_rx) = watch::channel(false);
     let (grpc_stop_tx, grpc_stop_rx) = watch::channel(false);
     let node = ClusterNode::start(
         cluster_config,
         config.mqtt.clone(),
         Arc::new(Metrics::default()),
+        auth.clone(),
         grpc,
         grpc_stop_rx,
     )
     .await?;
+    node.set_file_users(file_users);
+    tokio::spawn(reload_on_sighup(config.clone(), auth.clone(), node.clone(), stop_rx.clone()));
     let broker = node.broker.clone();
 
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
@@ -130,6 +156,8 @@ pub async fn run(
         ws = %show(addrs.ws),
         http = %show(addrs.http),
         grpc = %show(addrs.grpc),
+        mqtts = %show(addrs.mqtts),
+        wss = %show(addrs.wss),
         "starling listening"
     );
 
@@ -146,6 +174,14 @@ pub async fn run(
     }
     if let Some(l) = listeners.ws {
         let t = Transport::WebSocket { path: config.listeners.ws_path.clone() };
+        tasks.push(tokio::spawn(accept_loop(l, t, broker.clone(), limit.clone(), stop_rx.clone())));
+    }
+    if let (Some(l), Some(a)) = (listeners.mqtts, acceptor.clone()) {
+        let t = Transport::Tls { acceptor: a };
+        tasks.push(tokio::spawn(accept_loop(l, t, broker.clone(), limit.clone(), stop_rx.clone())));
+    }
+    if let (Some(l), Some(a)) = (listeners.wss, acceptor) {
+        let t = Transport::SecureWebSocket { acceptor: a, path: config.listeners.ws_path.clone() };
         tasks.push(tokio::spawn(accept_loop(l, t, broker.clone(), limit.clone(), stop_rx.clone())));
     }
     let http = listeners.http.map(|l| {
@@ -185,4 +221,55 @@ pub async fn run(
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads the password and ACL files into `auth`; returns the file's user
+/// names. Errors name the setting.
+fn load_auth_files(config: &Config, auth: &AuthService) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    if !config.auth.password_file.is_empty() {
+        let f = PasswordFile::load(std::path::Path::new(&config.auth.password_file))
+            .map_err(|e| anyhow::anyhow!("`auth.password_file`: {e}"))?;
+        names = f.users.keys().cloned().collect();
+        auth.set_file_users(f.users);
+    }
+    if !config.auth.acl_file.is_empty() {
+        let path = &config.auth.acl_file;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("`auth.acl_file`: cannot read {path}"))?;
+        let rules = acl::parse_rules(&text).map_err(|e| anyhow::anyhow!("`auth.acl_file` {path}: {e}"))?;
+        auth.set_file_rules(rules);
+    }
+    Ok(names)
+}
+
+/// SIGHUP reloads the password and ACL files; a file that fails to load
+/// leaves the previous contents in force.
+async fn reload_on_sighup(
+    config: Config,
+    auth: Arc<AuthService>,
+    node: Arc<ClusterNode>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.changed() => return,
+        }
+        match load_auth_files(&config, &auth) {
+            Ok(names) => {
+                tracing::info!(
+                    users = names.len(),
+                    rules = auth.rules().len(),
+                    "SIGHUP: password and ACL files reloaded"
+                );
+                node.set_file_users(names);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous users and rules")
+            }
+        }
+    }
 }

@@ -12,7 +12,8 @@ use starling_codec::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 
-use super::{Conn, ConnectionInfo, Negotiated};
+use super::{Conn, ConnectionInfo, Negotiated, RateLimiter};
+use crate::auth::{Action, AuthOutcome, Credentials};
 use crate::broker::Broker;
 use crate::ids::ClientId;
 use crate::port::{PortError, SessionClaim};
@@ -169,9 +170,30 @@ where
         ClientId::new(&connect.client_id)
     };
 
+    // Authentication (slowed down after repeated failures from one address).
+    let creds = Credentials {
+        username: connect.username.as_ref().map(|u| u.to_string()),
+        password: connect.password.clone(),
+        cert_cn: info.cert_cn.clone(),
+        peer: info.peer_ip(),
+    };
+    let username = match broker.auth().authenticate(&creds).await {
+        AuthOutcome::Allowed { username } => username,
+        AuthOutcome::Refused { reason, delay } => {
+            tracing::warn!(peer = %info.peer, client = %client_id, user = ?creds.username, code = %reason, "authentication failed");
+            tokio::time::sleep(delay).await;
+            refuse!(reason, "not authorized");
+        }
+    };
+    let acl = broker.auth().acl_for(username.as_deref(), client_id.as_str());
+    let acl_version = broker.auth().rules_version();
+
     // Will: checked like a PUBLISH.
     let will = match &connect.will {
         Some(w) => {
+            if !acl.check(Action::Write, &w.topic) {
+                refuse!(ReasonCode::NOT_AUTHORIZED, "the will topic may not be published to");
+            }
             if validate_topic_name(&w.topic, &broker.inner.topic_limits).is_err() {
                 refuse!(ReasonCode::TOPIC_NAME_INVALID, "invalid will topic");
             }
@@ -298,6 +320,12 @@ where
         will,
         kick: kick_rx,
         aliases: None,
+        username,
+        acl,
+        acl_version,
+        rate: RateLimiter::new(cfg.publish_rate, cfg.publish_bytes_rate),
+        throttled_until: None,
+        pending_input: false,
         acks: std::collections::VecDeque::new(),
         want_drain: true,
         keepalive_deadline: None,

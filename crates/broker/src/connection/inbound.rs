@@ -10,6 +10,7 @@ use starling_codec::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Conn, PendingAck};
+use crate::auth::Action;
 use crate::message::{Delivery, Message, MessageProperties};
 use crate::port::{PortError, SubscribeRequest};
 use crate::session::Qos2Begin;
@@ -53,6 +54,11 @@ where
     /// (returned) or the buffer holds no complete packet (`None`).
     fn handle_buffered(&mut self, max_packet: usize) -> Result<Option<Box<Deferred>>, Close> {
         loop {
+            // Over the publish rate: leave the rest in the buffer until the
+            // limit allows more (reading stays paused meanwhile).
+            if self.throttled_until.is_some() {
+                return Ok(None);
+            }
             let packet = match decode(&mut self.rbuf, self.neg.version, max_packet) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(None),
@@ -155,6 +161,13 @@ where
             );
         }
         self.broker.metrics().received(p.qos, p.payload.len());
+        let wait = self.rate.take(p.payload.len());
+        if !wait.is_zero() {
+            self.throttle(wait);
+        }
+        if !self.acl().check(Action::Write, &p.topic) {
+            return self.deny_publish(&p);
+        }
 
         if p.qos == QoS::ExactlyOnce {
             let max = usize::from(self.broker.config().receive_maximum);
@@ -191,6 +204,35 @@ where
             return Ok(Some(Deferred::Retain(msg, p.packet_id)));
         }
         self.route_and_ack(&msg, p.packet_id);
+        Ok(None)
+    }
+
+    /// A PUBLISH the ACL refuses: 5.0 gets PUBACK/PUBREC 0x87; 3.x has no
+    /// way to say no, so the message is dropped and acknowledged as usual.
+    fn deny_publish(&mut self, p: &Publish) -> Result<Option<Deferred>, Close> {
+        self.broker.metrics().publish_denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(client = %self.client, topic = %p.topic, "PUBLISH denied by the ACL");
+        let v5 = self.neg.version.is_v5();
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let reason = if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
+                self.write_packet(&self.ack_reason(AckKind::PubAck, p.packet_id, reason));
+            }
+            QoS::ExactlyOnce if v5 => {
+                // An error PUBREC ends the exchange: no PUBREL follows.
+                self.write_packet(&self.ack_reason(AckKind::PubRec, p.packet_id, ReasonCode::NOT_AUTHORIZED));
+            }
+            QoS::ExactlyOnce => {
+                let max = usize::from(self.broker.config().receive_maximum);
+                if self.session.inbound_qos2_begin(p.packet_id, max) == Qos2Begin::TooMany {
+                    return Err(
+                        self.protocol_error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
+                    );
+                }
+                self.write_packet(&Packet::Ack(Ack::new(AckKind::PubRec, p.packet_id)));
+            }
+        }
         Ok(None)
     }
 
@@ -278,6 +320,12 @@ where
         let mut codes: Vec<ReasonCode> = Vec::with_capacity(s.filters.len());
         let mut requests: Vec<(usize, SubscribeRequest)> = Vec::new();
         let sub_id = s.properties.subscription_identifier;
+        let max_subs = self.broker.config().max_subscriptions_per_client;
+        let mut held: std::collections::HashSet<String> = if max_subs > 0 {
+            self.broker.port().subscription_filters(&self.client).into_iter().collect()
+        } else {
+            Default::default()
+        };
         for (i, (raw, opts)) in s.filters.iter().enumerate() {
             match TopicFilter::parse(raw, &limits) {
                 Ok(filter) => {
@@ -286,6 +334,33 @@ where
                             ReasonCode::PROTOCOL_ERROR,
                             "no-local on a shared subscription",
                         ));
+                    }
+                    if !self.acl().check_subscribe(filter.filter()) {
+                        self.broker
+                            .metrics()
+                            .subscribe_denied
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        codes.push(if v5 {
+                            ReasonCode::NOT_AUTHORIZED
+                        } else {
+                            ReasonCode::UNSPECIFIED_ERROR
+                        });
+                        continue;
+                    }
+                    if max_subs > 0 && !held.contains(filter.as_str()) {
+                        if held.len() >= max_subs {
+                            self.broker
+                                .metrics()
+                                .subscribe_quota
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            codes.push(if v5 {
+                                ReasonCode::QUOTA_EXCEEDED
+                            } else {
+                                ReasonCode::UNSPECIFIED_ERROR
+                            });
+                            continue;
+                        }
+                        held.insert(filter.as_str().to_string());
                     }
                     let granted = opts.qos.min(max_qos);
                     codes.push(ReasonCode(granted.as_u8()));

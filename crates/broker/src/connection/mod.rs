@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use crate::auth::ClientAcl;
 use crate::broker::Broker;
 use crate::forward::AckWaiter;
 use crate::ids::{ClientId, Epoch};
@@ -57,6 +58,18 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ConnectionInfo {
     pub peer: String,
     pub transport: &'static str,
+    /// Common name of a verified TLS client certificate.
+    pub cert_cn: Option<String>,
+}
+
+impl ConnectionInfo {
+    pub fn new(peer: String, transport: &'static str) -> ConnectionInfo {
+        ConnectionInfo { peer, transport, cert_cn: None }
+    }
+
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
+    }
 }
 
 /// Serves one client connection to completion.
@@ -99,6 +112,60 @@ struct Negotiated {
     problem_info: bool,
 }
 
+/// Per-connection publish rate limit (token buckets of one second's
+/// worth). When a client publishes faster, reading from it pauses until
+/// the buckets refill: TCP back-pressure slows the client down instead of
+/// the broker buffering or dropping.
+pub(super) struct RateLimiter {
+    msgs_per_sec: f64,
+    bytes_per_sec: f64,
+    msgs: f64,
+    bytes: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    pub(super) fn new(msgs_per_sec: u32, bytes_per_sec: u64) -> RateLimiter {
+        RateLimiter {
+            msgs_per_sec: f64::from(msgs_per_sec),
+            bytes_per_sec: bytes_per_sec as f64,
+            msgs: f64::from(msgs_per_sec),
+            bytes: bytes_per_sec as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.msgs_per_sec > 0.0 || self.bytes_per_sec > 0.0
+    }
+
+    /// Takes one message of `size` bytes; returns how long reading must
+    /// pause (zero when within the limit).
+    pub(super) fn take(&mut self, size: usize) -> Duration {
+        if !self.enabled() {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let mut wait: f64 = 0.0;
+        if self.msgs_per_sec > 0.0 {
+            self.msgs = (self.msgs + dt * self.msgs_per_sec).min(self.msgs_per_sec) - 1.0;
+            if self.msgs < 0.0 {
+                wait = wait.max(-self.msgs / self.msgs_per_sec);
+            }
+        }
+        if self.bytes_per_sec > 0.0 {
+            let cap = self.bytes_per_sec.max(size as f64);
+            self.bytes = (self.bytes + dt * self.bytes_per_sec).min(cap) - size as f64;
+            if self.bytes < 0.0 {
+                wait = wait.max(-self.bytes / self.bytes_per_sec);
+            }
+        }
+        Duration::from_secs_f64(wait)
+    }
+}
+
 /// A PUBACK/PUBREC waiting for other nodes to acknowledge the message.
 pub(super) struct PendingAck {
     pub kind: AckKind,
@@ -134,6 +201,16 @@ struct Conn<S> {
     aliases: Option<Box<TopicAliases>>,
     /// Acknowledgements held back until peers confirm (cluster only).
     acks: VecDeque<PendingAck>,
+    /// The authenticated user (None: anonymous).
+    username: Option<String>,
+    /// The ACL as it applies to this connection, for `acl_version`.
+    acl: ClientAcl,
+    acl_version: u64,
+    rate: RateLimiter,
+    /// Reading paused by the rate limit until then.
+    throttled_until: Option<Instant>,
+    /// Buffered packets left unprocessed while throttled.
+    pending_input: bool,
     /// Whether the session queue may hold sendable deliveries.
     want_drain: bool,
     keepalive_deadline: Option<Instant>,
@@ -163,13 +240,19 @@ where
     async fn main_loop(&mut self) -> Close {
         let max_packet = self.broker.config().max_packet_size as usize;
         loop {
+            if self.pending_input && self.throttled_until.is_none() {
+                self.pending_input = false;
+                if let Err(c) = self.process_input(max_packet).await {
+                    return c;
+                }
+            }
             if self.want_drain && self.wbuf.len() < WRITE_HIGH_WATER {
                 if let Err(c) = self.drain() {
                     return c;
                 }
             }
             self.arm_timer();
-            let can_read = self.wbuf.len() < WRITE_PAUSE_READS;
+            let can_read = self.wbuf.len() < WRITE_PAUSE_READS && self.throttled_until.is_none();
             let spare = self.rbuf.capacity() - self.rbuf.len();
             let timer_armed = self.timer_at.is_some();
             let waiting_ack = self.acks.front().is_some_and(|a| a.wait.is_some());
@@ -246,14 +329,31 @@ where
         self.shrink_at = Some(now + IDLE_SHRINK);
     }
 
+    /// Pauses reading for `wait` (publish rate limit).
+    fn throttle(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
+        if self.throttled_until.is_none() {
+            self.broker.metrics().rate_limited.fetch_add(1, Ordering::Relaxed);
+        }
+        self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// The connection's ACL, recompiled when the rules changed.
+    fn acl(&mut self) -> &ClientAcl {
+        let v = self.broker.auth().rules_version();
+        if v != self.acl_version {
+            self.acl = self.broker.auth().acl_for(self.username.as_deref(), self.client.as_str());
+            self.acl_version = v;
+        }
+        &self.acl
+    }
+
     /// Arms the timer for the earliest pending deadline, unless it is
     /// already armed for an earlier one (it then fires early, finds the
     /// deadline moved, and is re-armed).
     fn arm_timer(&mut self) {
-        let desired = match (self.keepalive_deadline, self.shrink_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let desired =
+            [self.keepalive_deadline, self.shrink_at, self.throttled_until].into_iter().flatten().min();
         if let Some(d) = desired {
             if self.timer_at.is_none_or(|at| d < at) {
                 self.timer.as_mut().reset(d);
@@ -265,6 +365,12 @@ where
     fn on_timer(&mut self) -> Option<Close> {
         self.timer_at = None;
         let now = Instant::now();
+        if self.throttled_until.is_some_and(|t| t <= now) {
+            self.throttled_until = None;
+            // Time spent throttled is not silence from the client.
+            self.touch_keepalive();
+            self.pending_input = true;
+        }
         if self.keepalive_deadline.is_some_and(|d| d <= now) {
             return Some(Close::KeepAlive);
         }

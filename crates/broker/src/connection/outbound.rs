@@ -8,6 +8,7 @@ use starling_codec::{Packet, Publish, PublishProperties, QoS};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Conn, DRAIN_BATCH, WRITE_HIGH_WATER};
+use crate::auth::Action;
 use crate::message::Delivery;
 use crate::metrics::DropReason;
 use crate::session::Outgoing;
@@ -68,6 +69,20 @@ where
 
     fn send_publish(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: StdInstant) {
         let m = &d.message;
+        let denied = {
+            let acl = self.acl();
+            !acl.is_open() && !acl.check(Action::Read, &m.topic)
+        };
+        if denied {
+            // Never deliver what the subscriber may not read, whatever
+            // brought it here (wildcard subscription, retained, will).
+            self.broker.metrics().dropped(DropReason::NotAuthorized, d.qos);
+            if d.qos != QoS::AtMostOnce {
+                self.session.discard_inflight(packet_id);
+                self.want_drain = true;
+            }
+            return;
+        }
         let v5 = self.neg.version.is_v5();
         let mut p = Publish {
             dup,
