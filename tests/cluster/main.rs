@@ -1,8 +1,10 @@
-//! Cluster semantics on real three-node clusters: separate `starling`
-//! processes on 127.0.0.1, driven with raw MQTT clients and the admin CLI.
-//! Each test is one numbered promise of the cluster issue (and DESIGN §1).
+//! Tests against real `starling` processes on 127.0.0.1: the cluster
+//! semantics on three-node clusters (each numbered promise of DESIGN §1),
+//! membership through the admin CLI, and hostile clients against a node
+//! whose memory is measured.
 
 mod failures;
+mod hostile;
 mod membership;
 mod semantics;
 

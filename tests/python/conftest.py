@@ -29,6 +29,8 @@ class Broker:
             "--ws-listen", "127.0.0.1:0",
             "--http-listen", "127.0.0.1:0",
             "--grpc-listen", "127.0.0.1:0",
+            "--set", 'listeners.mqtts="127.0.0.1:0"',
+            "--set", 'listeners.wss="127.0.0.1:0"',
             "--data-dir", os.path.join(self.dir.name, "data"),
             *extra_args,
         ]
@@ -43,11 +45,14 @@ class Broker:
                 line = self._lines.get(timeout=max(0.1, deadline - time.time()))
             except queue.Empty:
                 raise RuntimeError("starling did not start:\n" + "".join(self.log))
-            m = re.search(r"starling listening.*mqtt=(\S+) ws=(\S+) http=(\S+)", line)
+            m = re.search(r"starling listening.*mqtt=(\S+) ws=(\S+) http=(\S+) grpc=(\S+) mqtts=(\S+) wss=(\S+)", line)
             if m:
                 self.mqtt = self._split(m.group(1))
                 self.ws = self._split(m.group(2))
                 self.http = self._split(m.group(3))
+                self.grpc = self._split(m.group(4))
+                self.mqtts = self._split(m.group(5)) if m.group(5) != "off" else None
+                self.wss = self._split(m.group(6)) if m.group(6) != "off" else None
                 break
             if time.time() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("starling did not start:\n" + "".join(self.log))
@@ -73,6 +78,17 @@ class Broker:
         for line in self.proc.stderr:
             self.log.append(line)
             self._lines.put(line)
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait_log(self, text, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(text in line for line in self.log):
+                return True
+            time.sleep(0.05)
+        return False
 
     def terminate(self, sig=signal.SIGTERM, timeout=15):
         if self.proc.poll() is None:

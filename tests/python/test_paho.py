@@ -16,7 +16,7 @@ class Client:
     """A paho client with a queue of received messages and sync helpers."""
 
     def __init__(self, broker, client_id, protocol=mqtt.MQTTv311, transport="tcp", clean=True, props=None,
-                 will=None):
+                 will=None, tls_ca=None, address=None):
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
                              transport=transport, clean_session=clean if protocol != mqtt.MQTTv5 else None)
         self.messages = queue.Queue()
@@ -31,9 +31,11 @@ class Client:
         self.c.on_disconnect = self._on_disconnect
         if will:
             self.c.will_set(*will)
-        host, port = broker.ws if transport == "websockets" else broker.mqtt
+        host, port = address or (broker.ws if transport == "websockets" else broker.mqtt)
         if transport == "websockets":
             self.c.ws_set_options(path="/mqtt")
+        if tls_ca:
+            self.c.tls_set(ca_certs=tls_ca)
         kwargs = {}
         if protocol == mqtt.MQTTv5:
             kwargs["clean_start"] = clean

@@ -100,6 +100,22 @@ impl Node {
         }
     }
 
+    /// Resident memory of the node process, in KiB.
+    pub fn rss_kb(&self) -> u64 {
+        let Some(pid) = self.pid() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Whether the node's log shows a panic.
+    pub fn panicked(&self) -> bool {
+        std::fs::read_to_string(&self.log).unwrap_or_default().contains("panicked")
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
