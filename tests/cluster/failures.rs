@@ -46,10 +46,16 @@ async fn killed_node_wills_sessions_and_restart() {
         }
         other => panic!("{other:?}"),
     }
-    // The persistent session resumes on node 2 with its subscription.
+    // Once node 3 is declared down its persistent sessions are adopted by
+    // a live node: messages published for them now are queued there.
+    let (mut p1, _) = RawClient::connect(c.node(1).mqtt, V311, "commander", true).await;
+    p1.publish("commands/sensor-7", b"while away", QoS::AtLeastOnce, false, 3).await;
+    assert!(matches!(p1.recv().await, Some(Packet::Ack(_))));
+    // The persistent session resumes on node 2 with its subscription and
+    // the queued message.
     let (mut resumed, ack) = RawClient::connect(c.node(2).mqtt, V311, "sensor-7", false).await;
     assert!(ack.session_present, "persistent session survives its node");
-    let (mut p1, _) = RawClient::connect(c.node(1).mqtt, V311, "commander", true).await;
+    assert_eq!(&resumed.recv_publish().await.payload[..], b"while away");
     p1.publish("commands/sensor-7", b"calibrate", QoS::AtLeastOnce, false, 1).await;
     assert_eq!(&resumed.recv_publish().await.payload[..], b"calibrate");
     // The clean session is gone: reconnecting finds no session.

@@ -108,10 +108,31 @@ async fn slowloris_connect_flood_and_connection_limit() {
                 let mut c = RawClient::tcp(addr, V311).await;
                 let r = c.recv_within(Duration::ZERO).await;
                 drop(r);
-                c.try_send_bytes(&[0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 3, b'f', (i % 200) as u8, b'x'])
-                    .await
-                    .is_ok()
-                    && matches!(c.recv_within(Duration::from_secs(10)).await, Ok(Some(Packet::ConnAck(_))) | Ok(None))
+                c.try_send_bytes(&[
+                    0x10,
+                    15,
+                    0,
+                    4,
+                    b'M',
+                    b'Q',
+                    b'T',
+                    b'T',
+                    4,
+                    2,
+                    0,
+                    60,
+                    0,
+                    3,
+                    b'f',
+                    (i % 200) as u8,
+                    b'x',
+                ])
+                .await
+                .is_ok()
+                    && matches!(
+                        c.recv_within(Duration::from_secs(10)).await,
+                        Ok(Some(Packet::ConnAck(_))) | Ok(None)
+                    )
             });
         }
         while let Some(r) = set.join_next().await {

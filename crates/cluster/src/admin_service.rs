@@ -186,7 +186,7 @@ impl Admin for AdminService {
         n.proposer
             .propose(
                 vec![
-                    Command::NodeReset { node: r.node_id },
+                    Command::NodeReset { node: r.node_id, adopter: Some(n.node_id) },
                     Command::SetLiveness { node: r.node_id, alive: true },
                 ],
                 0,

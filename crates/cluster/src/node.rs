@@ -391,7 +391,7 @@ impl ClusterNode {
                 self.raft.metrics().borrow().membership_config.membership().get_node(&self.node_id).is_some();
             if member {
                 let cmds = vec![
-                    Command::NodeReset { node: self.node_id },
+                    Command::NodeReset { node: self.node_id, adopter: Some(self.node_id) },
                     Command::SetLiveness { node: self.node_id, alive: true },
                 ];
                 match self.proposer.propose(cmds, 0).await {
@@ -485,7 +485,7 @@ impl ClusterNode {
                         if last.elapsed() >= self.config.node_down_after && !down.contains(&id) {
                             tracing::warn!(node = id, after = ?self.config.node_down_after, "node unreachable; marking it down");
                             cmds.push(Command::SetLiveness { node: id, alive: false });
-                            cmds.push(Command::NodeReset { node: id });
+                            cmds.push(Command::NodeReset { node: id, adopter: Some(self.node_id) });
                         }
                     }
                 }

@@ -111,7 +111,7 @@ impl ReplicatedState {
                 let due = match self.sessions.get(&client) {
                     Some(rec) if !rec.connected => match epoch {
                         Some(e) => rec.epoch == e,
-                        None => rec.owner.is_none() && self.expired(rec, time_ms),
+                        None => self.expired(rec, time_ms),
                     },
                     _ => false,
                 };
@@ -165,8 +165,8 @@ impl ReplicatedState {
                 fx.push(Effect::RetainedSet { topic, message });
                 CommandResult::Done
             }
-            Command::NodeReset { node } => {
-                self.reset_node(node, time_ms, fx);
+            Command::NodeReset { node, adopter } => {
+                self.reset_node(node, adopter, time_ms, fx);
                 CommandResult::Done
             }
             Command::SetLiveness { node, alive } => {
@@ -313,7 +313,7 @@ impl ReplicatedState {
     /// Every connection of `node` is gone: publish (or schedule) the wills
     /// of its connected clients, end its clean sessions, and leave its
     /// persistent sessions unowned until their clients come back.
-    fn reset_node(&mut self, node: NodeId, time_ms: u64, fx: &mut Vec<Effect>) {
+    fn reset_node(&mut self, node: NodeId, adopter: Option<NodeId>, time_ms: u64, fx: &mut Vec<Effect>) {
         let owned: Vec<String> =
             self.sessions.iter().filter(|(_, r)| r.owner == Some(node)).map(|(c, _)| c.clone()).collect();
         for client in owned {
@@ -343,19 +343,20 @@ impl ReplicatedState {
             if ends {
                 self.end_session(&client, fx);
             } else if let Some(rec) = self.sessions.get_mut(&client) {
-                rec.owner = None;
+                rec.owner = adopter;
                 let filters = rec.subscriptions.keys().cloned().collect();
-                fx.push(Effect::Owner { client, owner: None, filters });
+                fx.push(Effect::Owner { client, owner: adopter, filters });
             }
         }
     }
 
-    /// Unowned sessions past their expiry, and delayed wills that are due,
-    /// as of `time_ms` (the leader's janitor proposes commands for them).
+    /// Disconnected sessions past their expiry, and delayed wills of reset
+    /// nodes that are due, as of `time_ms` (the leader's janitor proposes
+    /// commands for them; a session's own node usually expires it first).
     pub fn due_work(&self, time_ms: u64) -> Vec<Command> {
         let mut out = Vec::new();
         for (client, rec) in &self.sessions {
-            if rec.connected || rec.owner.is_some() {
+            if rec.connected {
                 continue;
             }
             if rec.will_due_ms.is_some_and(|t| t <= time_ms) {
@@ -493,9 +494,8 @@ mod tests {
         );
         assert!(!s.sessions.contains_key("clean"));
         assert_eq!(s.sessions["keep"].disconnected_at_ms, Some(5000));
-        // Not yet due; then due — but only unowned sessions are swept.
+        // Not yet due; then due.
         assert!(s.due_work(10_000).is_empty());
-        s.sessions.get_mut("keep").unwrap().owner = None;
         assert!(s.due_work(14_000).is_empty());
         assert_eq!(s.due_work(15_000), vec![Command::Expire { client: "keep".into(), epoch: None }]);
     }
@@ -543,7 +543,7 @@ mod tests {
             &mut fx,
         );
         let mut fx = Vec::new();
-        s.apply(2000, Command::NodeReset { node: 2 }, &mut fx);
+        s.apply(2000, Command::NodeReset { node: 2, adopter: None }, &mut fx);
         // a: will now, session ended. b: will scheduled, session unowned.
         assert!(fx
             .iter()
@@ -591,7 +591,7 @@ mod tests {
             },
             &mut fx,
         );
-        s.apply(4, Command::NodeReset { node: 1 }, &mut fx);
+        s.apply(4, Command::NodeReset { node: 1, adopter: Some(2) }, &mut fx);
         assert!(s.retained.contains_key("w"), "a retained will is stored");
     }
 
@@ -644,7 +644,7 @@ mod tests {
                 will: Some(will(1)),
             },
             Command::Subscribe { client: "a".into(), epoch: ep(1, 1), subs: vec![("x/+".into(), sub(2))] },
-            Command::NodeReset { node: 1 },
+            Command::NodeReset { node: 1, adopter: Some(3) },
             Command::Claim {
                 client: "a".into(),
                 epoch: ep(2, 1),

@@ -267,9 +267,13 @@ pub enum Command {
         topic: String,
         message: Option<MessageRecord>,
     },
-    /// Every connection of `node` is gone (it died, or restarted).
+    /// Every connection of `node` is gone (it died, or restarted). Its
+    /// persistent sessions move, disconnected, to `adopter` (the leader
+    /// that declared it down, or the node itself after a restart), which
+    /// queues their messages until their clients come back.
     NodeReset {
         node: NodeId,
+        adopter: Option<NodeId>,
     },
     SetLiveness {
         node: NodeId,

@@ -25,6 +25,16 @@ enum Command {
     Serve(ServeArgs),
     /// Print the default configuration file, with comments.
     GenerateConfig,
+    /// Exit 0 if the node's HTTP readiness check passes, 1 otherwise (for
+    /// container health checks).
+    Healthcheck {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "STARLING_HEALTHCHECK_HTTP")]
+        http: String,
+        /// Check liveness instead of readiness.
+        #[arg(long)]
+        live: bool,
+    },
     /// Add or update a user in a password file (`-D`: delete), like
     /// mosquitto_passwd. The password is prompted for unless given.
     Passwd {
@@ -312,6 +322,23 @@ fn cluster(server: &str, command: ClusterCommand) -> ExitCode {
     }
 }
 
+/// A minimal HTTP GET: success on a 200 answer within two seconds.
+fn healthcheck(addr: &str, path: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let timeout = std::time::Duration::from_secs(2);
+    let sock = addr.to_socket_addrs()?.next().ok_or_else(|| anyhow::anyhow!("{addr} resolves to nothing"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    match out.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        other => anyhow::bail!("{path}: {}", other.unwrap_or("no answer")),
+    }
+}
+
 fn finish(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -338,6 +365,16 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Cluster { server, command } => cluster(&server, command),
+        Command::Healthcheck { http, live } => {
+            let path = if live { "/health/live" } else { "/health/ready" };
+            match healthcheck(&http, path) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("starling: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Passwd { file, user, password, delete } => {
             finish(admin::passwd(&file, &user, password, delete))
         }
