@@ -6,4 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin starling
 deploy/base-image.sh
-docker compose build
+if docker compose version >/dev/null 2>&1; then
+    docker compose build
+else
+    docker-compose build
+fi
