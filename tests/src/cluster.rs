@@ -20,9 +20,60 @@ pub fn starling_bin() -> PathBuf {
     p
 }
 
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+/// A port reserved for one node's listener until the node definition is
+/// dropped.
+///
+/// The node is a separate process, so the port cannot stay bound between
+/// choosing it and the child binding it. Ports come from below the
+/// kernel's ephemeral range (so outgoing connections never take them in
+/// between), and a lock file per port keeps concurrently running test
+/// processes from choosing the same one.
+struct PortLease {
+    addr: SocketAddr,
+    lock: PathBuf,
+}
+
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+impl PortLease {
+    fn take() -> PortLease {
+        use std::hash::{BuildHasher, Hasher};
+        let dir = std::env::temp_dir().join("starling-test-ports");
+        std::fs::create_dir_all(&dir).expect("port lock dir");
+        let span = u64::from(PORT_RANGE.end - PORT_RANGE.start);
+        for attempt in 0u64..10_000 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(attempt);
+            h.write_u32(std::process::id());
+            let port = PORT_RANGE.start + (h.finish() % span) as u16;
+            let lock = dir.join(port.to_string());
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+                Ok(_) => {}
+                Err(_) => {
+                    // A lock left by a test process that died long ago.
+                    let stale = std::fs::metadata(&lock)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
+                    if stale {
+                        let _ = std::fs::remove_file(&lock);
+                    }
+                    continue;
+                }
+            }
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            if std::net::TcpListener::bind(addr).is_ok() {
+                return PortLease { addr, lock };
+            }
+            let _ = std::fs::remove_file(&lock);
+        }
+        panic!("no free port in {PORT_RANGE:?}");
+    }
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.lock);
+    }
 }
 
 pub struct Node {
@@ -35,6 +86,7 @@ pub struct Node {
     pub log: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    _ports: Vec<PortLease>,
 }
 
 impl Node {
@@ -161,16 +213,18 @@ impl Cluster {
     pub fn add_node(&mut self, id: u64, extra: Vec<String>) -> &mut Node {
         let base = self.dir.path().join(format!("node{id}-{}", self.nodes.len()));
         std::fs::create_dir_all(&base).expect("node dir");
+        let ports: Vec<PortLease> = (0..4).map(|_| PortLease::take()).collect();
         self.nodes.push(Node {
             id,
-            mqtt: free_port(),
-            http: free_port(),
-            grpc: free_port(),
-            ws: free_port(),
+            mqtt: ports[0].addr,
+            http: ports[1].addr,
+            grpc: ports[2].addr,
+            ws: ports[3].addr,
             dir: base.join("data"),
             log: base.join("starling.log"),
             child: None,
             extra,
+            _ports: ports,
         });
         self.nodes.last_mut().expect("node")
     }

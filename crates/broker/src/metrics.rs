@@ -52,6 +52,9 @@ pub struct Metrics {
     pub connections_rejected: AtomicU64,
     pub messages_received: [AtomicU64; 3],
     pub messages_sent: [AtomicU64; 3],
+    /// PUBLISH payload bytes received and sent, by QoS.
+    pub payload_received: [AtomicU64; 3],
+    pub payload_sent: [AtomicU64; 3],
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     /// Indexed by `DropReason as usize`, then QoS.
@@ -76,13 +79,14 @@ fn inc(c: &AtomicU64) {
 }
 
 impl Metrics {
-    pub fn received(&self, qos: QoS, bytes: usize) {
+    pub fn received(&self, qos: QoS, payload: usize) {
         inc(&self.messages_received[qos as usize]);
-        self.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.payload_received[qos as usize].fetch_add(payload as u64, Ordering::Relaxed);
     }
 
-    pub fn sent(&self, qos: QoS) {
+    pub fn sent(&self, qos: QoS, payload: usize) {
         inc(&self.messages_sent[qos as usize]);
+        self.payload_sent[qos as usize].fetch_add(payload as u64, Ordering::Relaxed);
     }
 
     pub fn dropped(&self, reason: DropReason, qos: QoS) {

@@ -327,6 +327,11 @@ impl AdminService {
         let (mut results, index) =
             self.node.proposer.propose(vec![cmd], 0).await.map_err(|e| Status::unavailable(e.to_string()))?;
         self.node.sm.wait_applied(index, Duration::from_secs(5)).await;
+        // Users and ACL rules are security state: when the command returns,
+        // every live node enforces the change (a removed user cannot log in
+        // on another node a moment later).
+        let n = &self.node;
+        crate::port::propagate(n.node_id, &n.sm, &n.channels, &n.cluster_id, index).await;
         results.pop().ok_or_else(|| Status::internal("no result"))
     }
 }

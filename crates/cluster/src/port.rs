@@ -36,6 +36,39 @@ fn unavailable(e: WriteError) -> PortError {
     PortError::Unavailable(e.to_string())
 }
 
+/// Waits until every live member has applied `index` (each for at most
+/// `PROPAGATE_TIMEOUT`; a member that does not answer is skipped: it is
+/// down or cut off, and catches up before it is ready again). Used where a
+/// client or an operator must be able to rely on a change being in force on
+/// every node once it is acknowledged: SUBSCRIBE, users, ACL rules.
+pub(crate) async fn propagate(
+    node_id: NodeId,
+    sm: &SmShared,
+    channels: &Channels,
+    cluster_id: &parking_lot::Mutex<String>,
+    index: u64,
+) {
+    let down = sm.with_state(|s| s.down.clone());
+    let members = sm.members();
+    let cluster_id = cluster_id.lock().clone();
+    let waits =
+        members.into_iter().filter(|(id, _)| *id != node_id && !down.contains(id)).map(|(_, addr)| {
+            let channels = channels.clone();
+            let cluster_id = cluster_id.clone();
+            async move {
+                let Ok(mut c) = channels.peer(&addr) else { return };
+                let mut req = tonic::Request::new(WaitAppliedRequest {
+                    cluster_id,
+                    index,
+                    timeout_ms: PROPAGATE_TIMEOUT.as_millis() as u32,
+                });
+                req.set_timeout(PROPAGATE_TIMEOUT + Duration::from_millis(200));
+                let _ = c.wait_applied(req).await;
+            }
+        });
+    futures_util::future::join_all(waits).await;
+}
+
 impl ClusterPort {
     async fn write_indexed(&self, cmd: Command) -> Result<(CommandResult, u64), PortError> {
         if !(self.readiness)() {
@@ -48,30 +81,8 @@ impl ClusterPort {
         self.write_indexed(cmd).await.map(|(r, _)| r)
     }
 
-    /// Waits until every live member has applied `index` (each for at
-    /// most `PROPAGATE_TIMEOUT`; a member that does not answer is skipped:
-    /// it is down or cut off, and catches up before it is ready again).
     async fn propagate(&self, index: u64) {
-        let down = self.sm.with_state(|s| s.down.clone());
-        let members = self.sm.members();
-        let cluster_id = self.cluster_id.lock().clone();
-        let waits = members.into_iter().filter(|(id, _)| *id != self.node_id && !down.contains(id)).map(
-            |(_, addr)| {
-                let channels = self.channels.clone();
-                let cluster_id = cluster_id.clone();
-                async move {
-                    let Ok(mut c) = channels.peer(&addr) else { return };
-                    let mut req = tonic::Request::new(WaitAppliedRequest {
-                        cluster_id,
-                        index,
-                        timeout_ms: PROPAGATE_TIMEOUT.as_millis() as u32,
-                    });
-                    req.set_timeout(PROPAGATE_TIMEOUT + Duration::from_millis(200));
-                    let _ = c.wait_applied(req).await;
-                }
-            },
-        );
-        futures_util::future::join_all(waits).await;
+        propagate(self.node_id, &self.sm, &self.channels, &self.cluster_id, index).await;
     }
 
     /// Fetches what the previous owner still held for `client`.
@@ -117,7 +128,7 @@ impl StatePort for ClusterPort {
             epoch,
             clean_start: claim.clean_start,
             expiry_interval: claim.expiry_interval,
-            will: claim.will.as_ref().map(WillRecord::from_spec),
+            will: claim.will.as_ref().map(|w| Box::new(WillRecord::from_spec(w))),
         };
         let result = self.write_indexed(cmd).await;
         match result {

@@ -223,7 +223,7 @@ impl ReplicatedState {
         epoch: EpochRec,
         clean_start: bool,
         expiry_interval: u32,
-        will: Option<WillRecord>,
+        will: Option<Box<WillRecord>>,
         fx: &mut Vec<Effect>,
     ) -> CommandResult {
         let owner = Some(epoch.node);
@@ -511,7 +511,7 @@ mod tests {
                 epoch: ep(2, 1),
                 clean_start: true,
                 expiry_interval: 0,
-                will: Some(will(0)),
+                will: Some(Box::new(will(0))),
             },
             &mut fx,
         );
@@ -522,7 +522,7 @@ mod tests {
                 epoch: ep(2, 2),
                 clean_start: false,
                 expiry_interval: 60,
-                will: Some(will(5)),
+                will: Some(Box::new(will(5))),
             },
             &mut fx,
         );
@@ -587,7 +587,7 @@ mod tests {
                 epoch: ep(1, 1),
                 clean_start: true,
                 expiry_interval: 0,
-                will: Some(w),
+                will: Some(Box::new(w)),
             },
             &mut fx,
         );
@@ -625,7 +625,7 @@ mod tests {
                 epoch: ep(1, 2),
                 clean_start: true,
                 expiry_interval: 3,
-                will: Some(will(4)),
+                will: Some(Box::new(will(4))),
             },
         ];
         let bytes = bincode::serialize(&cmds).unwrap();
@@ -641,7 +641,7 @@ mod tests {
                 epoch: ep(1, 1),
                 clean_start: false,
                 expiry_interval: 5,
-                will: Some(will(1)),
+                will: Some(Box::new(will(1))),
             },
             Command::Subscribe { client: "a".into(), epoch: ep(1, 1), subs: vec![("x/+".into(), sub(2))] },
             Command::NodeReset { node: 1, adopter: Some(3) },

@@ -42,14 +42,25 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Upper bound of sled's page cache.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Store {
     /// Opens (or creates) the database under `dir/raft`, checking the
     /// format version and that it belongs to `node_id`.
     pub fn open(dir: &Path, node_id: u64) -> anyhow::Result<Store> {
         let path = dir.join("raft");
         std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        let db =
-            sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().with_context(|| {
+        // The store holds the Raft log (purged after each snapshot) and a
+        // few metadata keys; the replicated state itself lives in memory
+        // and in snapshot files. sled's default page cache is 1 GiB; 64 MiB
+        // covers the unpurged log many times over.
+        let db = sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .with_context(|| {
                 format!("cannot open the database in {} (is another node using it?)", path.display())
             })?;
         let meta = db.open_tree("meta")?;

@@ -225,7 +225,9 @@ pub struct SessionRecord {
     /// Seconds after disconnect before the session ends (u32::MAX never).
     pub expiry_interval: u32,
     pub disconnected_at_ms: Option<u64>,
-    pub will: Option<WillRecord>,
+    /// Boxed: most sessions have no will, and records are kept for every
+    /// session in the cluster.
+    pub will: Option<Box<WillRecord>>,
     /// A delayed will waiting to be published (leader time).
     pub will_due_ms: Option<u64>,
     pub subscriptions: BTreeMap<String, SubRecord>,
@@ -240,7 +242,7 @@ pub enum Command {
         epoch: EpochRec,
         clean_start: bool,
         expiry_interval: u32,
-        will: Option<WillRecord>,
+        will: Option<Box<WillRecord>>,
     },
     Release {
         client: String,

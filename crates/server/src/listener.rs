@@ -82,12 +82,23 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve_with_permit<S>(broker: Broker, stream: S, info: ConnectionInfo, permit: OwnedSemaphorePermit)
+/// The connection future plus the permit it holds. Not an `async fn`, so
+/// the task does not also keep copies of the arguments (see
+/// `connection::serve`).
+fn serve_with_permit<S>(
+    broker: Broker,
+    stream: S,
+    info: ConnectionInfo,
+    permit: OwnedSemaphorePermit,
+) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    serve(broker, stream, info).await;
-    drop(permit);
+    let conn = serve(broker, stream, info);
+    async move {
+        conn.await;
+        drop(permit);
+    }
 }
 
 async fn serve_ws(

@@ -99,10 +99,10 @@ fn refuse_ack(code: ReasonCode, problem_info: bool, why: &str) -> ConnAck {
 /// Reads and answers CONNECT. Returns the connection ready for its main
 /// loop, or `None` once the socket has been answered and closed.
 pub(super) async fn accept<S>(
-    broker: &Broker,
+    broker: Broker,
     mut reader: ReadHalf<S>,
     mut writer: WriteHalf<S>,
-    info: &ConnectionInfo,
+    info: ConnectionInfo,
 ) -> Option<Box<Conn<S>>>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -307,12 +307,12 @@ where
         problem_info,
     };
     let mut conn = Box::new(Conn {
-        broker: broker.clone(),
+        broker,
         reader,
         writer,
         rbuf,
         wbuf: BytesMut::new(),
-        info: info.clone(),
+        info,
         client: client_id,
         epoch,
         session: runtime,

@@ -20,6 +20,7 @@ mod inbound;
 mod outbound;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -73,19 +74,29 @@ impl ConnectionInfo {
 }
 
 /// Serves one client connection to completion.
-pub async fn serve<S>(broker: Broker, stream: S, info: ConnectionInfo)
+///
+/// Not an `async fn`: the returned future is the state of an idle
+/// connection's task, so it is built to hold only a boxed handshake, the
+/// boxed connection and the run loop. (An `async fn` would also keep its
+/// arguments and every temporary of the handshake in the task, several
+/// hundred bytes per connection for nothing.)
+pub fn serve<S>(broker: Broker, stream: S, info: ConnectionInfo) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     broker.connection_started();
     let guard = FinishGuard(broker.clone());
     let (reader, writer) = tokio::io::split(stream);
-    // Boxed: the handshake's state is large and needed only once, so it
-    // must not size the long-lived connection task.
-    if let Some(conn) = Box::pin(handshake::accept(&broker, reader, writer, &info)).await {
-        conn.run().await;
+    let handshake = Box::pin(handshake::accept(broker, reader, writer, info));
+    async move {
+        let accepted = handshake.await;
+        if let Some(conn) = accepted {
+            // Boxed too: awaited inline, the run loop's state is laid out
+            // twice in this block (measured 576 bytes instead of 272).
+            Box::pin(conn.run()).await;
+        }
+        drop(guard);
     }
-    drop(guard);
 }
 
 struct FinishGuard(Broker);

@@ -136,6 +136,6 @@ where
             self.aliases.get_or_insert_with(Default::default).outbound.insert(m.topic.clone(), a);
         }
         self.write_packet(&Packet::Publish(p));
-        self.broker.metrics().sent(d.qos);
+        self.broker.metrics().sent(d.qos, m.payload.len());
     }
 }
