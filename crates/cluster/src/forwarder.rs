@@ -209,12 +209,16 @@ pub fn encode_message(msg: &Message, now: Instant) -> ForwardedMessage {
         bincode::serialize(&PropsRecord::from_props(&msg.properties)).map(Bytes::from).unwrap_or_default()
     };
     ForwardedMessage {
-        topic: msg.topic.to_string(),
+        topic: msg.topic.as_bytes().clone(),
         payload: msg.payload.clone(),
         qos: u32::from(msg.qos as u8),
         retain: msg.retain,
         properties: props,
-        publisher: msg.publisher.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        publisher: msg
+            .publisher
+            .as_ref()
+            .map(|c| Bytes::copy_from_slice(c.as_str().as_bytes()))
+            .unwrap_or_default(),
         expiry_ms: msg.expires_at.map_or(0, |t| t.saturating_duration_since(now).as_millis().max(1) as u64),
         deliver_normal: false,
         shared_targets: Vec::new(),
@@ -225,14 +229,18 @@ pub fn encode_message(msg: &Message, now: Instant) -> ForwardedMessage {
 
 pub fn decode_message(m: &ForwardedMessage, now: Instant) -> Arc<Message> {
     let qos = QoS::from_u8(m.qos as u8).unwrap_or(QoS::AtMostOnce);
-    let mut msg = Message::new(MqttStr::from(m.topic.as_str()), m.payload.clone(), qos, m.retain);
+    // Peers of this cluster send valid UTF-8; anything else is replaced,
+    // never trusted as `str`.
+    let topic = MqttStr::from_bytes(m.topic.clone())
+        .unwrap_or_else(|_| MqttStr::from(String::from_utf8_lossy(&m.topic).into_owned()));
+    let mut msg = Message::new(topic, m.payload.clone(), qos, m.retain);
     if !m.properties.is_empty() {
         if let Ok(p) = bincode::deserialize::<PropsRecord>(&m.properties) {
             msg.properties = p.to_props();
         }
     }
     if !m.publisher.is_empty() {
-        msg.publisher = Some(ClientId::new(&m.publisher));
+        msg.publisher = Some(ClientId::new(&String::from_utf8_lossy(&m.publisher)));
     }
     if m.expiry_ms > 0 {
         msg.expires_at = Some(now + Duration::from_millis(m.expiry_ms));
