@@ -76,9 +76,9 @@ impl ConnectionInfo {
 /// Serves one client connection to completion.
 ///
 /// Not an `async fn`: the returned future is the state of an idle
-/// connection's task, so it is built to hold only a boxed handshake, the
-/// boxed connection and the run loop. (An `async fn` would also keep its
-/// arguments and every temporary of the handshake in the task, several
+/// connection's task, so it is built to hold little more than pointers:
+/// the boxed handshake, then the boxed run loop. (An `async fn` would also
+/// keep its arguments and the handshake's temporaries in the task, several
 /// hundred bytes per connection for nothing.)
 pub fn serve<S>(broker: Broker, stream: S, info: ConnectionInfo) -> impl Future<Output = ()> + Send + 'static
 where
