@@ -84,8 +84,13 @@ def test_v311_qos_levels_order_and_retained(broker):
     for i in range(30):
         pub.publish("py/t", f"m{i}", qos=i % 3)
     got = [sub.get() for _ in range(30)]
-    assert [m.payload.decode() for m in got] == [f"m{i}" for i in range(30)]
-    assert [m.qos for m in got] == [i % 3 for i in range(30)]
+    # Each message once, with its QoS; in order within each QoS level (the
+    # spec's ordering guarantee). Across levels paho itself may reorder:
+    # it hands a QoS 2 message to the application only at PUBREL, after a
+    # QoS 0 one that arrived meanwhile.
+    assert sorted((m.payload.decode(), m.qos) for m in got) == sorted((f"m{i}", i % 3) for i in range(30))
+    for qos in range(3):
+        assert [m.payload.decode() for m in got if m.qos == qos] == [f"m{i}" for i in range(30) if i % 3 == qos]
     pub.publish("py/retained", "kept", qos=1, retain=True)
     assert sub.get().payload == b"kept"
     late = Client(broker, "py-late")
