@@ -12,6 +12,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::auth::AuthService;
 use crate::config::MqttConfig;
+use crate::deadlines::DeadlineWheel;
 use crate::forward::Forwarder;
 use crate::ids::{ClientId, Epoch, EpochSource, NodeId};
 use crate::memory::{MemoryState, Views};
@@ -41,6 +42,8 @@ pub(crate) struct Inner {
     /// Delivery to other nodes; unset on a single process.
     pub(crate) forwarder: OnceLock<Arc<dyn Forwarder>>,
     pub(crate) auth: Arc<AuthService>,
+    /// Keep-alive and idle deadlines of every connection.
+    pub(crate) deadlines: Arc<DeadlineWheel>,
 }
 
 /// A running broker node's MQTT side.
@@ -87,6 +90,7 @@ impl Broker {
                 idle: Notify::new(),
                 forwarder: OnceLock::new(),
                 auth,
+                deadlines: DeadlineWheel::new(),
             }),
         }
     }

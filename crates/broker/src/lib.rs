@@ -11,6 +11,7 @@ pub mod auth;
 mod broker;
 pub mod config;
 pub mod connection;
+pub mod deadlines;
 pub mod forward;
 pub mod ids;
 pub mod memory;

@@ -9,13 +9,13 @@
 //! connection performs checks that it is still the owner.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use parking_lot::Mutex;
 use starling_codec::{QoS, ReasonCode};
-use tokio::sync::{oneshot, Notify};
 
 use crate::ids::{ClientId, Epoch};
 use crate::message::Delivery;
@@ -65,7 +65,8 @@ pub struct SessionLimits {
 
 struct Owner {
     epoch: Epoch,
-    kick: Option<oneshot::Sender<Kick>>,
+    /// Set when the broker told this connection to close.
+    kicked: Option<ReasonCode>,
 }
 
 #[derive(Default)]
@@ -77,24 +78,47 @@ struct State {
     inflight: VecDeque<Inflight>,
     /// Inbound QoS 2 packet ids received but not yet released (PUBREL);
     /// at most `receive_maximum` of them.
-    inbound_qos2: Vec<u16>,
+    /// Allocated on the first inbound QoS 2 message (boxed: an empty
+    /// `Vec` inline would cost every session 16 more bytes).
+    #[allow(clippy::box_collection)]
+    inbound_qos2: Option<Box<Vec<u16>>>,
     next_packet_id: u16,
     /// Session expiry interval in seconds (u32::MAX = never).
     expiry_interval: u32,
     disconnected_at: Option<Instant>,
-    pending_will: Option<PendingWill>,
+    /// Boxed: few sessions have one.
+    pending_will: Option<Box<PendingWill>>,
 }
 
 pub struct Session {
     client_id: ClientId,
-    limits: SessionLimits,
+    /// `SessionLimits`, stored compactly (one per session on the node).
+    max_queued: u32,
+    queue_qos0_offline: bool,
     metrics: Arc<Metrics>,
     online: AtomicBool,
     /// Set when the session was discarded (clean start by a new owner,
     /// expiry): a connection still attached must not expect it to resume.
     ended: AtomicBool,
-    notify: Notify,
+    /// Bumped whenever the owner is kicked or replaced: a connection
+    /// compares it with the value it saw at attach (`kick_for` tells it
+    /// more), a lock-free check on every poll.
+    kick_gen: AtomicU32,
+    /// Wakes the owning connection (deliveries queued, a timer due, a
+    /// kick).
+    wake: Mutex<WakeSlot>,
     state: Mutex<State>,
+}
+
+/// One waker and a pending flag: a wake-up that finds no waiting
+/// connection is kept for the next poll, like a semaphore permit. The
+/// slot holds the waker of the connection that polled last: a connection
+/// that is being taken over may poll after its successor, so it passes
+/// the wake-up on when it ends (`Conn::finish`).
+#[derive(Default)]
+struct WakeSlot {
+    waker: Option<Waker>,
+    pending: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -122,11 +146,13 @@ impl Session {
     pub fn new(client_id: ClientId, limits: SessionLimits, metrics: Arc<Metrics>) -> Session {
         Session {
             client_id,
-            limits,
+            max_queued: u32::try_from(limits.max_queued).unwrap_or(u32::MAX),
+            queue_qos0_offline: limits.queue_qos0_offline,
             metrics,
             online: AtomicBool::new(false),
             ended: AtomicBool::new(false),
-            notify: Notify::new(),
+            kick_gen: AtomicU32::new(0),
+            wake: Mutex::new(WakeSlot::default()),
             state: Mutex::new(State { next_packet_id: 1, ..Default::default() }),
         }
     }
@@ -150,9 +176,32 @@ impl Session {
         self.ended.load(Ordering::Acquire)
     }
 
-    /// Wakes the owning connection when there is something to send.
-    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+    /// Wakes the owning connection: there may be something to send, or a
+    /// deadline of its may be due. Spurious wake-ups are harmless.
+    pub fn wake(&self) {
+        let waker = {
+            let mut slot = self.wake.lock();
+            slot.pending = true;
+            slot.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready once after each `wake` (wake-ups while nobody polled are
+    /// merged into one); otherwise registers `cx`'s waker.
+    pub fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut slot = self.wake.lock();
+        if slot.pending {
+            slot.pending = false;
+            return Poll::Ready(());
+        }
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Adds a delivery to the queue, or drops it when the queue is full or
@@ -161,39 +210,41 @@ impl Session {
         let qos = d.qos;
         {
             let mut st = self.state.lock();
-            if st.owner.is_none() && qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
+            if st.owner.is_none() && qos == QoS::AtMostOnce && !self.queue_qos0_offline {
                 drop(st);
                 self.metrics.dropped(DropReason::OfflineQos0, qos);
                 return Enqueued::Dropped(DropReason::OfflineQos0);
             }
-            if st.queue.len() >= self.limits.max_queued {
+            if st.queue.len() >= self.max_queued as usize {
                 drop(st);
                 self.metrics.dropped(DropReason::QueueFull, qos);
                 return Enqueued::Dropped(DropReason::QueueFull);
             }
             st.queue.push_back(d);
         }
-        self.notify.notify_one();
+        self.wake();
         Enqueued::Queued
     }
 
     /// Makes `epoch` the owner. A previous owner is kicked with "session
     /// taken over". Returns what must be resent: unacknowledged PUBLISHes
-    /// (DUP set) and PUBRELs, in their original order.
-    pub fn attach(&self, epoch: Epoch, kick: oneshot::Sender<Kick>, expiry_interval: u32) -> Vec<Outgoing> {
+    /// (DUP set) and PUBRELs, in their original order, and the kick
+    /// generation the new owner starts from (`kick_generation`).
+    pub fn attach(&self, epoch: Epoch, expiry_interval: u32) -> (Vec<Outgoing>, u32) {
         let mut st = self.state.lock();
-        if let Some(mut old) = st.owner.take() {
-            if let Some(k) = old.kick.take() {
-                let _ = k.send(Kick { reason: ReasonCode::SESSION_TAKEN_OVER });
-            }
+        let replaced = st.owner.take().is_some();
+        if replaced {
+            self.kick_gen.fetch_add(1, Ordering::AcqRel);
         }
-        st.owner = Some(Owner { epoch, kick: Some(kick) });
+        let kick_gen = self.kick_gen.load(Ordering::Acquire);
+        st.owner = Some(Owner { epoch, kicked: None });
         st.last_epoch = Some(epoch);
         st.expiry_interval = expiry_interval;
         st.disconnected_at = None;
         st.pending_will = None;
         self.online.store(true, Ordering::Release);
-        st.inflight
+        let resend = st
+            .inflight
             .iter()
             .map(|i| match i.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
@@ -201,7 +252,13 @@ impl Session {
                 }
                 InflightState::AwaitPubComp => Outgoing::PubRel { packet_id: i.packet_id },
             })
-            .collect()
+            .collect();
+        drop(st);
+        if replaced {
+            // The previous owner is waiting in the wake slot.
+            self.wake();
+        }
+        (resend, kick_gen)
     }
 
     /// Releases ownership if `epoch` still owns the session; returns false
@@ -213,22 +270,41 @@ impl Session {
         }
         st.owner = None;
         st.disconnected_at = Some(now);
-        st.pending_will = will;
+        st.pending_will = will.map(Box::new);
         self.online.store(false, Ordering::Release);
         true
     }
 
     /// Kicks the owner if it is `epoch` (or any owner when `None`).
     pub fn kick(&self, epoch: Option<Epoch>, reason: ReasonCode) -> bool {
-        let mut st = self.state.lock();
-        match st.owner.as_mut() {
-            Some(o) if epoch.is_none() || epoch == Some(o.epoch) => {
-                if let Some(k) = o.kick.take() {
-                    let _ = k.send(Kick { reason });
+        {
+            let mut st = self.state.lock();
+            match st.owner.as_mut() {
+                Some(o) if epoch.is_none() || epoch == Some(o.epoch) => {
+                    if o.kicked.is_some() {
+                        return true;
+                    }
+                    o.kicked = Some(reason);
+                    self.kick_gen.fetch_add(1, Ordering::AcqRel);
                 }
-                true
+                _ => return false,
             }
-            _ => false,
+        }
+        self.wake();
+        true
+    }
+
+    /// Changes when the owner is kicked or replaced; cheap to poll.
+    pub fn kick_generation(&self) -> u32 {
+        self.kick_gen.load(Ordering::Acquire)
+    }
+
+    /// Why connection `epoch` must close, if it must: it was kicked, or it
+    /// no longer owns the session (taken over).
+    pub fn kick_for(&self, epoch: Epoch) -> Option<Kick> {
+        match self.state.lock().owner.as_ref() {
+            Some(o) if o.epoch == epoch => o.kicked.map(|reason| Kick { reason }),
+            _ => Some(Kick { reason: ReasonCode::SESSION_TAKEN_OVER }),
         }
     }
 
@@ -258,7 +334,7 @@ impl Session {
         if epoch.is_some() && st.last_epoch != epoch {
             return None;
         }
-        st.pending_will.take()
+        st.pending_will.take().map(|w| *w)
     }
 
     /// Whether the session is offline and still last owned by `epoch`.
@@ -340,7 +416,7 @@ impl Session {
                 st.queue.push_front(d);
             }
         }
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// Returns spare queue capacity to the allocator (idle connections).
@@ -352,8 +428,8 @@ impl Session {
         if st.inflight.is_empty() {
             st.inflight = VecDeque::new();
         }
-        if st.inbound_qos2.is_empty() {
-            st.inbound_qos2 = Vec::new();
+        if st.inbound_qos2.as_ref().is_some_and(|q| q.is_empty()) {
+            st.inbound_qos2 = None;
         }
     }
 
@@ -431,22 +507,24 @@ impl Session {
     /// when `max` exchanges are already open.
     pub fn inbound_qos2_begin(&self, packet_id: u16, max: usize) -> Qos2Begin {
         let mut st = self.state.lock();
-        if st.inbound_qos2.contains(&packet_id) {
+        let ids = st.inbound_qos2.get_or_insert_with(Default::default);
+        if ids.contains(&packet_id) {
             return Qos2Begin::Duplicate;
         }
-        if st.inbound_qos2.len() >= max {
+        if ids.len() >= max {
             return Qos2Begin::TooMany;
         }
-        st.inbound_qos2.push(packet_id);
+        ids.push(packet_id);
         Qos2Begin::New
     }
 
     /// PUBREL from the client; returns whether the id was known.
     pub fn inbound_qos2_release(&self, packet_id: u16) -> bool {
         let mut st = self.state.lock();
-        match st.inbound_qos2.iter().position(|&id| id == packet_id) {
+        let Some(ids) = st.inbound_qos2.as_mut() else { return false };
+        match ids.iter().position(|&id| id == packet_id) {
             Some(i) => {
-                st.inbound_qos2.swap_remove(i);
+                ids.swap_remove(i);
                 true
             }
             None => false,
@@ -454,7 +532,7 @@ impl Session {
     }
 
     pub fn inbound_qos2_len(&self) -> usize {
-        self.state.lock().inbound_qos2.len()
+        self.state.lock().inbound_qos2.as_ref().map_or(0, |q| q.len())
     }
 }
 
@@ -502,8 +580,7 @@ mod tests {
     #[test]
     fn qos1_and_qos2_state_machines() {
         let s = session(10);
-        let (tx, _rx) = oneshot::channel();
-        assert!(s.attach(epoch(1), tx, 0).is_empty());
+        assert!(s.attach(epoch(1), 0).0.is_empty());
         s.enqueue(delivery(QoS::AtLeastOnce));
         s.enqueue(delivery(QoS::ExactlyOnce));
         s.enqueue(delivery(QoS::AtMostOnce));
@@ -530,8 +607,7 @@ mod tests {
     #[test]
     fn window_limits_inflight_and_resume_resends_with_dup() {
         let s = session(10);
-        let (tx, _rx) = oneshot::channel();
-        s.attach(epoch(1), tx, 60);
+        s.attach(epoch(1), 60);
         for _ in 0..3 {
             s.enqueue(delivery(QoS::ExactlyOnce));
         }
@@ -541,8 +617,7 @@ mod tests {
         assert_eq!(s.queue_len(), 1);
         assert!(s.on_pubrec(1, false));
         assert!(s.detach(epoch(1), Instant::now(), None));
-        let (tx, _rx) = oneshot::channel();
-        let resend = s.attach(epoch(2), tx, 60);
+        let (resend, _) = s.attach(epoch(2), 60);
         assert!(matches!(resend[0], Outgoing::PubRel { packet_id: 1 }));
         assert!(matches!(resend[1], Outgoing::Publish { packet_id: 2, dup: true, .. }));
         // The old connection no longer owns the session.
@@ -552,11 +627,16 @@ mod tests {
     #[test]
     fn attach_kicks_previous_owner() {
         let s = session(10);
-        let (tx1, mut rx1) = oneshot::channel();
-        s.attach(epoch(1), tx1, 0);
-        let (tx2, _rx2) = oneshot::channel();
-        s.attach(epoch(2), tx2, 0);
-        assert_eq!(rx1.try_recv().unwrap().reason, ReasonCode::SESSION_TAKEN_OVER);
+        let (_, gen1) = s.attach(epoch(1), 0);
+        assert_eq!(s.kick_for(epoch(1)), None);
+        let (_, gen2) = s.attach(epoch(2), 0);
+        assert_ne!(s.kick_generation(), gen1, "the old owner sees a new generation");
+        assert_eq!(s.kick_for(epoch(1)).unwrap().reason, ReasonCode::SESSION_TAKEN_OVER);
+        assert_eq!(s.kick_for(epoch(2)), None);
+        assert!(s.kick(Some(epoch(2)), ReasonCode::ADMINISTRATIVE_ACTION));
+        assert_ne!(s.kick_generation(), gen2);
+        assert_eq!(s.kick_for(epoch(2)).unwrap().reason, ReasonCode::ADMINISTRATIVE_ACTION);
+        assert!(!s.kick(Some(epoch(1)), ReasonCode::ADMINISTRATIVE_ACTION), "not the owner");
         assert!(!s.detach(epoch(1), Instant::now(), None), "old owner cannot detach the new one");
         assert!(s.is_owner(epoch(2)));
     }

@@ -82,9 +82,7 @@ pub async fn accept_loop(
     }
 }
 
-/// The connection future plus the permit it holds. Not an `async fn`, so
-/// the task does not also keep copies of the arguments (see
-/// `connection::serve`).
+/// The connection future; it holds the permit until the connection ends.
 fn serve_with_permit<S>(
     broker: Broker,
     stream: S,
@@ -94,11 +92,7 @@ fn serve_with_permit<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let conn = serve(broker, stream, info);
-    async move {
-        conn.await;
-        drop(permit);
-    }
+    serve(broker, stream, info, permit)
 }
 
 async fn serve_ws(

@@ -112,16 +112,24 @@ pub fn parse_rules(text: &str) -> Result<Vec<AclRule>, String> {
 
 /// The rules as they apply to one connection (user and client id
 /// substituted), in order.
-#[derive(Debug, Clone, Default)]
+///
+/// Every connection holds one, so it is kept to two words: `None` when no
+/// rules are configured at all (everything is allowed).
+#[derive(Debug, Clone)]
 pub struct ClientAcl {
-    /// No rules configured at all: everything is allowed.
-    open: bool,
-    rules: Vec<(Access, Action, String)>,
+    rules: Option<Box<[(Access, Action, String)]>>,
+}
+
+impl Default for ClientAcl {
+    /// No rule applies: everything is denied.
+    fn default() -> ClientAcl {
+        ClientAcl { rules: Some(Box::default()) }
+    }
 }
 
 impl ClientAcl {
     pub fn open() -> ClientAcl {
-        ClientAcl { open: true, rules: Vec::new() }
+        ClientAcl { rules: None }
     }
 
     pub fn compile(rules: &[AclRule], user: Option<&str>, client: &str) -> ClientAcl {
@@ -147,19 +155,17 @@ impl ClientAcl {
             let topic = r.topic.replace("%u", user.unwrap_or("")).replace("%c", client);
             out.push((r.access, r.action, topic));
         }
-        ClientAcl { open: false, rules: out }
+        ClientAcl { rules: Some(out.into_boxed_slice()) }
     }
 
     pub fn is_open(&self) -> bool {
-        self.open
+        self.rules.is_none()
     }
 
     /// May this connection read (receive) or write (publish) `topic`?
     pub fn check(&self, action: Action, topic: &str) -> bool {
-        if self.open {
-            return true;
-        }
-        for (access, a, filter) in &self.rules {
+        let Some(rules) = &self.rules else { return true };
+        for (access, a, filter) in rules.iter() {
             if a.covers(action) && filter_matches(filter, topic) {
                 return *access == Access::Allow;
             }
@@ -169,10 +175,8 @@ impl ClientAcl {
 
     /// May this connection subscribe to the (plain) filter `sub`?
     pub fn check_subscribe(&self, sub: &str) -> bool {
-        if self.open {
-            return true;
-        }
-        for (access, a, filter) in &self.rules {
+        let Some(rules) = &self.rules else { return true };
+        for (access, a, filter) in rules.iter() {
             if a.covers(Action::Read) && filter_covers(filter, sub) {
                 return *access == Access::Allow;
             }

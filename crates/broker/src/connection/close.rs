@@ -68,11 +68,11 @@ where
                 metrics.sessions_taken_over.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Close::Protocol(code, why) => {
-                tracing::info!(client = %self.client, peer = %self.info.peer, %code, %why, "protocol violation");
+                tracing::info!(client = %self.session.client_id(), peer = %self.peer, %code, %why, "protocol violation");
             }
             _ => {}
         }
-        tracing::debug!(client = %self.client, ?close, "client disconnected");
+        tracing::debug!(client = %self.session.client_id(), ?close, "client disconnected");
 
         // Tell a 5.0 client why, then flush what is pending and close.
         if self.neg.version.is_v5() {
@@ -91,7 +91,7 @@ where
                 self.write_packet(&Packet::Disconnect(d));
             }
         }
-        let (writer, wbuf) = (&mut self.writer, &self.wbuf);
+        let (writer, wbuf) = (&mut self.stream, &self.wbuf);
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
             if !matches!(close, Close::Lost(_)) {
                 let _ = writer.write_all(wbuf).await;
@@ -113,29 +113,32 @@ where
         };
         let still_owner = self.session.detach(self.epoch, now, pending.clone());
         if !still_owner {
+            // This connection may have taken a wake-up meant for its
+            // successor (they share the session's wake slot): pass it on.
+            self.session.wake();
             // Taken over. A delayed will is cancelled by the resumption,
             // unless the new owner started clean (the session ended).
             let publish = immediate.or_else(|| pending.filter(|_| self.session.is_ended()).map(|p| p.will));
             if let Some(w) = publish {
-                self.broker.publish_will(&self.client, &w).await;
+                self.broker.publish_will(self.session.client_id(), &w).await;
             }
             return;
         }
         if let Some(w) = &immediate {
-            self.broker.publish_will(&self.client, w).await;
+            self.broker.publish_will(self.session.client_id(), w).await;
         }
-        match self.broker.port().release_session(&self.client, self.epoch, expiry).await {
+        match self.broker.port().release_session(self.session.client_id(), self.epoch, expiry).await {
             Ok(Released::Ended) => {
                 self.session.mark_ended();
                 if let Some(p) = self.session.take_pending_will(Some(self.epoch)) {
-                    self.broker.publish_will(&self.client, &p.will).await;
+                    self.broker.publish_will(self.session.client_id(), &p.will).await;
                 }
             }
             Ok(Released::Kept) => {
                 if let Some(p) = pending {
                     spawn_will_timer(
                         self.broker.clone(),
-                        self.client.clone(),
+                        self.session.client_id().clone(),
                         self.session.clone(),
                         self.epoch,
                         p,
@@ -144,7 +147,7 @@ where
                 if expiry != u32::MAX {
                     spawn_expiry_timer(
                         self.broker.clone(),
-                        self.client.clone(),
+                        self.session.client_id().clone(),
                         self.session.clone(),
                         self.epoch,
                         expiry,
@@ -153,7 +156,7 @@ where
             }
             Ok(Released::NotOwner) => {}
             Err(e) => {
-                tracing::warn!(client = %self.client, error = %e, "session release not recorded");
+                tracing::warn!(client = %self.session.client_id(), error = %e, "session release not recorded");
             }
         }
     }

@@ -9,8 +9,7 @@ use starling_codec::{
     decode, peek_header, ConnAck, Connect, DecodeError, MqttStr, Packet, Properties, ProtocolVersion, QoS,
     ReasonCode,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::oneshot;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Conn, ConnectionInfo, Negotiated, RateLimiter};
 use crate::auth::{Action, AuthOutcome, Credentials};
@@ -98,12 +97,7 @@ fn refuse_ack(code: ReasonCode, problem_info: bool, why: &str) -> ConnAck {
 
 /// Reads and answers CONNECT. Returns the connection ready for its main
 /// loop, or `None` once the socket has been answered and closed.
-pub(super) async fn accept<S>(
-    broker: Broker,
-    mut reader: ReadHalf<S>,
-    mut writer: WriteHalf<S>,
-    info: ConnectionInfo,
-) -> Option<Box<Conn<S>>>
+pub(super) async fn accept<S>(broker: Broker, mut stream: S, info: ConnectionInfo) -> Option<Box<Conn<S>>>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -111,7 +105,7 @@ where
     let mut rbuf = BytesMut::with_capacity(512);
     let timeout = Duration::from_secs(cfg.connect_timeout_secs);
     let first =
-        match tokio::time::timeout(timeout, read_first(&mut reader, &mut rbuf, cfg.max_packet_size as usize))
+        match tokio::time::timeout(timeout, read_first(&mut stream, &mut rbuf, cfg.max_packet_size as usize))
             .await
         {
             Ok(f) => f,
@@ -121,14 +115,14 @@ where
         First::Connect(c) => c,
         First::Gone(why) => {
             tracing::debug!(peer = %info.peer, transport = info.transport, %why, "connection closed before CONNECT");
-            let _ = writer.shutdown().await;
+            let _ = stream.shutdown().await;
             return None;
         }
         First::Refuse { v5, code, why } => {
             tracing::info!(peer = %info.peer, %why, "CONNECT refused");
             broker.metrics().connections_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let version = if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
-            send_connack(&mut writer, version, refuse_ack(code, v5, &why)).await;
+            send_connack(&mut stream, version, refuse_ack(code, v5, &why)).await;
             return None;
         }
     };
@@ -140,7 +134,7 @@ where
             let why: String = $why.into();
             tracing::info!(peer = %info.peer, client = %connect.client_id, code = %$code, %why, "CONNECT refused");
             broker.metrics().connections_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            send_connack(&mut writer, version, refuse_ack($code, problem_info && v5, &why)).await;
+            send_connack(&mut stream, version, refuse_ack($code, problem_info && v5, &why)).await;
             return None;
         }};
     }
@@ -254,8 +248,7 @@ where
             broker.publish_will(&client_id, &w.will).await;
         }
     }
-    let (kick_tx, kick_rx) = oneshot::channel();
-    let resend = runtime.attach(epoch, kick_tx, session_expiry);
+    let (resend, kick_seen) = runtime.attach(epoch, session_expiry);
     if broker.is_shutting_down() {
         // Shutdown began while we were claiming: close right after CONNACK.
         runtime.kick(Some(epoch), ReasonCode::SERVER_SHUTTING_DOWN);
@@ -284,7 +277,7 @@ where
     if Packet::ConnAck(ack).encode(version, &mut out).is_err() {
         return None;
     }
-    if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
+    if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
         runtime.detach(epoch, std::time::Instant::now(), None);
         let _ = broker.port().release_session(&client_id, epoch, session_expiry).await;
         return None;
@@ -299,39 +292,38 @@ where
 
     let neg = Negotiated {
         version,
-        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        keep_alive,
         session_expiry,
-        window: usize::from(cfg.max_inflight.min(connect.properties.receive_maximum.unwrap_or(u16::MAX))),
-        client_max_packet: connect.properties.maximum_packet_size.map_or(usize::MAX, |v| v as usize),
+        window: cfg.max_inflight.min(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
+        client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         client_alias_max: if v5 { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 },
         problem_info,
     };
     let mut conn = Box::new(Conn {
         broker,
-        reader,
-        writer,
+        stream,
         rbuf,
         wbuf: BytesMut::new(),
-        info,
-        client: client_id,
+        peer: info.peer.into_boxed_str(),
         epoch,
         session: runtime,
         neg,
         will,
-        kick: kick_rx,
+        kick_seen,
         aliases: None,
-        username,
+        username: username.map(String::into_boxed_str),
         acl,
         acl_version,
-        rate: RateLimiter::new(cfg.publish_rate, cfg.publish_bytes_rate),
-        throttled_until: None,
+        rate: RateLimiter::configured(cfg.publish_rate, cfg.publish_bytes_rate),
         pending_input: false,
-        acks: std::collections::VecDeque::new(),
+        read_busy: false,
+        acks: None,
         want_drain: true,
-        keepalive_deadline: None,
-        shrink_at: None,
-        timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
-        timer_at: None,
+        keepalive_tick: None,
+        shrink_tick: None,
+        need_flush: false,
+        wheel_tick: None,
+        throttle: None,
     });
     // Most clients send nothing right after CONNECT: hold no read buffer
     // until they do (the first read allocates a small one).

@@ -38,25 +38,19 @@ impl<S> Conn<S>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    /// Decodes and handles every complete packet in the read buffer.
+    /// Decodes and handles the complete packets in the read buffer until
+    /// one must wait for the state port (returned: SUBSCRIBE, UNSUBSCRIBE,
+    /// a retained PUBLISH) or none is left (`None`).
     ///
-    /// Packets are handled synchronously; only the few that must wait for
-    /// the state port (SUBSCRIBE, UNSUBSCRIBE, a retained PUBLISH) continue
-    /// in a boxed future, so an idle connection's task stays small.
-    pub(super) async fn process_input(&mut self, max_packet: usize) -> Result<(), Close> {
-        while let Some(deferred) = self.handle_buffered(max_packet)? {
-            Box::pin(self.run_deferred(*deferred)).await?;
-        }
-        Ok(())
-    }
-
-    /// Handles buffered packets until one must wait for the state port
-    /// (returned) or the buffer holds no complete packet (`None`).
-    fn handle_buffered(&mut self, max_packet: usize) -> Result<Option<Box<Deferred>>, Close> {
+    /// Synchronous on purpose: the connection loop awaits only the rare
+    /// deferred packets, in a boxed future (`process_deferred`), so the
+    /// state of an idle connection's task stays small.
+    pub(super) fn handle_buffered(&mut self) -> Result<Option<Box<Deferred>>, Close> {
+        let max_packet = self.broker.config().max_packet_size as usize;
         loop {
             // Over the publish rate: leave the rest in the buffer until the
             // limit allows more (reading stays paused meanwhile).
-            if self.throttled_until.is_some() {
+            if self.throttle.is_some() {
                 return Ok(None);
             }
             let packet = match decode(&mut self.rbuf, self.neg.version, max_packet) {
@@ -98,6 +92,16 @@ where
                 },
             )),
         }
+    }
+
+    /// Runs a deferred packet, then handles what is buffered behind it.
+    pub(super) async fn process_deferred(&mut self, first: Box<Deferred>) -> Result<(), Close> {
+        let mut next = Some(first);
+        while let Some(d) = next {
+            self.run_deferred(*d).await?;
+            next = self.handle_buffered()?;
+        }
+        Ok(())
     }
 
     async fn run_deferred(&mut self, d: Deferred) -> Result<(), Close> {
@@ -161,9 +165,11 @@ where
             );
         }
         self.broker.metrics().received(p.qos, p.payload.len());
-        let wait = self.rate.take(p.payload.len());
-        if !wait.is_zero() {
-            self.throttle(wait);
+        if let Some(rate) = self.rate.as_mut() {
+            let wait = rate.take(p.payload.len());
+            if !wait.is_zero() {
+                self.throttle(wait);
+            }
         }
         if !self.acl().check(Action::Write, &p.topic) {
             return self.deny_publish(&p);
@@ -198,7 +204,7 @@ where
                 user_properties: p.properties.user_properties,
             };
         }
-        msg.publisher = Some(self.client.clone());
+        msg.publisher = Some(self.session.client_id().clone());
         let msg = Arc::new(msg);
         if msg.retain {
             return Ok(Some(Deferred::Retain(msg, p.packet_id)));
@@ -211,7 +217,7 @@ where
     /// way to say no, so the message is dropped and acknowledged as usual.
     fn deny_publish(&mut self, p: &Publish) -> Result<Option<Deferred>, Close> {
         self.broker.metrics().publish_denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(client = %self.client, topic = %p.topic, "PUBLISH denied by the ACL");
+        tracing::debug!(client = %self.session.client_id(), topic = %p.topic, "PUBLISH denied by the ACL");
         let v5 = self.neg.version.is_v5();
         match p.qos {
             QoS::AtMostOnce => {}
@@ -252,17 +258,19 @@ where
         };
         // Acknowledgements go out in the order the PUBLISHes came in
         // (MQTT-4.6.0-2); one waiting for other nodes holds back the rest.
-        if outcome.ack.is_none() && self.acks.is_empty() {
+        if outcome.ack.is_none() && self.acks.as_ref().is_none_or(|a| a.is_empty()) {
             self.write_packet(&self.ack_reason(kind, packet_id, reason));
         } else {
-            self.acks.push_back(PendingAck { kind, packet_id, reason, wait: outcome.ack });
+            let acks = self.acks.get_or_insert_with(Default::default);
+            acks.push_back(PendingAck { kind, packet_id, reason, wait: outcome.ack });
         }
     }
 
     /// Sends the acknowledgements at the head of the queue whose peers
     /// have answered.
     pub(super) fn flush_ready_acks(&mut self) {
-        while let Some(front) = self.acks.front_mut() {
+        let Some(acks) = self.acks.as_mut() else { return };
+        while let Some(front) = acks.front_mut() {
             if let Some(w) = front.wait.as_mut() {
                 match w.try_recv() {
                     Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
@@ -271,8 +279,12 @@ where
                     _ => front.wait = None,
                 }
             }
-            if let Some(a) = self.acks.pop_front() {
-                self.write_packet(&self.ack_reason(a.kind, a.packet_id, a.reason));
+            if let Some(a) = acks.pop_front() {
+                let p = Packet::Ack(Ack::with_reason(a.kind, a.packet_id, a.reason));
+                // Not `write_packet`: `acks` borrows `self`.
+                if let Err(e) = p.encode(self.neg.version, &mut self.wbuf) {
+                    tracing::warn!(error = %e, "acknowledgement not encodable");
+                }
             }
         }
     }
@@ -322,7 +334,7 @@ where
         let sub_id = s.properties.subscription_identifier;
         let max_subs = self.broker.config().max_subscriptions_per_client;
         let mut held: std::collections::HashSet<String> = if max_subs > 0 {
-            self.broker.port().subscription_filters(&self.client).into_iter().collect()
+            self.broker.port().subscription_filters(self.session.client_id()).into_iter().collect()
         } else {
             Default::default()
         };
@@ -377,14 +389,14 @@ where
         let mut existed = vec![false; s.filters.len()];
         if !requests.is_empty() {
             let reqs: Vec<SubscribeRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
-            match self.broker.port().subscribe(&self.client, self.epoch, reqs).await {
+            match self.broker.port().subscribe(self.session.client_id(), self.epoch, reqs).await {
                 Ok(e) => {
                     for ((i, _), ex) in requests.iter().zip(e) {
                         existed[*i] = ex;
                     }
                 }
                 Err(PortError::Quota(why)) => {
-                    tracing::info!(client = %self.client, %why, "subscription refused");
+                    tracing::info!(client = %self.session.client_id(), %why, "subscription refused");
                     for (i, _) in &requests {
                         codes[*i] =
                             if v5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::UNSPECIFIED_ERROR };
@@ -434,7 +446,7 @@ where
             let existed = self
                 .broker
                 .port()
-                .unsubscribe(&self.client, self.epoch, filters)
+                .unsubscribe(self.session.client_id(), self.epoch, filters)
                 .await
                 .map_err(port_close)?;
             for ((i, _), ex) in valid.iter().zip(existed) {

@@ -21,7 +21,7 @@ where
         // Encoding fails only for fields over the protocol maximum, which
         // the broker never builds; such a packet is skipped.
         if let Err(e) = p.encode(self.neg.version, &mut self.wbuf) {
-            tracing::warn!(client = %self.client, error = %e, packet = p.name(), "packet not encodable");
+            tracing::warn!(client = %self.session.client_id(), error = %e, packet = p.name(), "packet not encodable");
         }
     }
 
@@ -31,7 +31,10 @@ where
         while self.wbuf.len() < WRITE_HIGH_WATER {
             batch.clear();
             let now = StdInstant::now();
-            if self.session.take_outgoing(self.epoch, self.neg.window, DRAIN_BATCH, now, &mut batch).is_none()
+            if self
+                .session
+                .take_outgoing(self.epoch, usize::from(self.neg.window), DRAIN_BATCH, now, &mut batch)
+                .is_none()
             {
                 return Err(Close::Kicked(starling_codec::ReasonCode::SESSION_TAKEN_OVER));
             }
@@ -122,7 +125,7 @@ where
                 }
             }
         }
-        if p.encoded_len(self.neg.version) > self.neg.client_max_packet {
+        if p.encoded_len(self.neg.version) > self.neg.client_max_packet as usize {
             // The client cannot receive it: discard as if delivered
             // (MQTT-3.1.2-25) and count it.
             self.broker.metrics().dropped(DropReason::TooLarge, d.qos);
