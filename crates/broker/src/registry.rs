@@ -3,7 +3,9 @@
 //! Written by the `StatePort` implementation as it applies session claims
 //! and ends; read by the broker to kick connections and count sessions.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -14,7 +16,33 @@ use crate::session::Session;
 
 #[derive(Default)]
 pub struct SessionRegistry {
-    sessions: RwLock<HashMap<ClientId, Arc<Session>>>,
+    /// A set keyed by each session's own client id: one pointer per
+    /// entry, not a second copy of the id (there is one entry per client
+    /// on the node).
+    sessions: RwLock<HashSet<Entry>>,
+}
+
+/// A session, hashed and compared by its client id.
+struct Entry(Arc<Session>);
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.client_id().hash(state);
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.0.client_id() == other.0.client_id()
+    }
+}
+
+impl Eq for Entry {}
+
+impl Borrow<ClientId> for Entry {
+    fn borrow(&self) -> &ClientId {
+        self.0.client_id()
+    }
 }
 
 impl std::fmt::Debug for SessionRegistry {
@@ -29,19 +57,19 @@ impl SessionRegistry {
     }
 
     pub fn get(&self, client: &ClientId) -> Option<Arc<Session>> {
-        self.sessions.read().get(client).cloned()
+        self.sessions.read().get(client).map(|e| e.0.clone())
     }
 
     /// Installs `session`, returning the runtime it replaced.
     pub fn insert(&self, session: Arc<Session>) -> Option<Arc<Session>> {
-        self.sessions.write().insert(session.client_id().clone(), session)
+        self.sessions.write().replace(Entry(session)).map(|e| e.0)
     }
 
     /// Removes the entry only if it is still `session` (not a newer one).
     pub fn remove_if_same(&self, session: &Arc<Session>) -> bool {
         let mut map = self.sessions.write();
         match map.get(session.client_id()) {
-            Some(s) if Arc::ptr_eq(s, session) => {
+            Some(e) if Arc::ptr_eq(&e.0, session) => {
                 map.remove(session.client_id());
                 true
             }
@@ -50,7 +78,7 @@ impl SessionRegistry {
     }
 
     pub fn remove(&self, client: &ClientId) -> Option<Arc<Session>> {
-        self.sessions.write().remove(client)
+        self.sessions.write().take(client).map(|e| e.0)
     }
 
     /// Closes the connection `epoch` of `client` if it is attached here.
@@ -63,7 +91,7 @@ impl SessionRegistry {
 
     /// Kicks every attached connection (drain, shutdown).
     pub fn kick_all(&self, reason: ReasonCode) -> usize {
-        let all: Vec<Arc<Session>> = self.sessions.read().values().cloned().collect();
+        let all = self.all();
         all.iter().filter(|s| s.kick(None, reason)).count()
     }
 
@@ -76,6 +104,6 @@ impl SessionRegistry {
     }
 
     pub fn all(&self) -> Vec<Arc<Session>> {
-        self.sessions.read().values().cloned().collect()
+        self.sessions.read().iter().map(|e| e.0.clone()).collect()
     }
 }
