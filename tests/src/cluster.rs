@@ -307,17 +307,8 @@ impl Cluster {
 
     /// `starling cluster <args> --server <node's gRPC>`; (success, stdout, stderr).
     pub fn cli(&self, id: u64, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(starling_bin())
-            .arg("cluster")
-            .args(args)
-            .args(["--server", &self.node(id).grpc.to_string()])
-            .output()
-            .expect("run the CLI");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
+        let args: Vec<&str> = std::iter::once("cluster").chain(args.iter().copied()).collect();
+        self.cli_cmd(id, &args)
     }
 
     /// `starling <args> --server <node's gRPC>` for any admin command.

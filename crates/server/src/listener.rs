@@ -59,7 +59,7 @@ pub async fn accept_loop(
         match &transport {
             Transport::Tcp => {
                 let info = ConnectionInfo::new(peer, "tcp");
-                tokio::spawn(serve_with_permit(broker.clone(), socket, info, permit));
+                tokio::spawn(serve(broker.clone(), socket, info, permit));
             }
             Transport::WebSocket { path } => {
                 tokio::spawn(Box::pin(serve_ws(broker.clone(), socket, peer, path.clone(), permit)));
@@ -82,19 +82,6 @@ pub async fn accept_loop(
     }
 }
 
-/// The connection future; it holds the permit until the connection ends.
-fn serve_with_permit<S>(
-    broker: Broker,
-    stream: S,
-    info: ConnectionInfo,
-    permit: OwnedSemaphorePermit,
-) -> impl std::future::Future<Output = ()> + Send + 'static
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    serve(broker, stream, info, permit)
-}
-
 async fn serve_ws(
     broker: Broker,
     socket: TcpStream,
@@ -107,7 +94,7 @@ async fn serve_ws(
     match tokio::time::timeout(timeout, crate::ws::accept(socket, &path, max)).await {
         Ok(Ok(ws)) => {
             let info = ConnectionInfo::new(peer, "ws");
-            Box::pin(serve_with_permit(broker, ws, info, permit)).await
+            Box::pin(serve(broker, ws, info, permit)).await
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
         Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
@@ -140,14 +127,14 @@ async fn serve_tls(
     match ws_path {
         None => {
             let info = ConnectionInfo { peer, transport: "tls", cert_cn };
-            Box::pin(serve_with_permit(broker, tls, info, permit)).await
+            Box::pin(serve(broker, tls, info, permit)).await
         }
         Some(path) => {
             let max = broker.config().max_packet_size as usize + 16;
             match tokio::time::timeout(timeout, crate::ws::accept(tls, &path, max)).await {
                 Ok(Ok(ws)) => {
                     let info = ConnectionInfo { peer, transport: "wss", cert_cn };
-                    Box::pin(serve_with_permit(broker, ws, info, permit)).await
+                    Box::pin(serve(broker, ws, info, permit)).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "secure WebSocket handshake failed"),
                 Err(_) => tracing::debug!(%peer, "secure WebSocket handshake timed out"),

@@ -269,24 +269,25 @@ where
     /// Sends the acknowledgements at the head of the queue whose peers
     /// have answered.
     pub(super) fn flush_ready_acks(&mut self) {
-        let Some(acks) = self.acks.as_mut() else { return };
-        while let Some(front) = acks.front_mut() {
-            if let Some(w) = front.wait.as_mut() {
-                match w.try_recv() {
-                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
-                    // Acknowledged, or given up on (peer down): either way
-                    // this node has done what it can.
-                    _ => front.wait = None,
-                }
-            }
-            if let Some(a) = acks.pop_front() {
-                let p = Packet::Ack(Ack::with_reason(a.kind, a.packet_id, a.reason));
-                // Not `write_packet`: `acks` borrows `self`.
-                if let Err(e) = p.encode(self.neg.version, &mut self.wbuf) {
-                    tracing::warn!(error = %e, "acknowledgement not encodable");
-                }
+        while let Some(a) = self.pop_ready_ack() {
+            self.write_packet(&self.ack_reason(a.kind, a.packet_id, a.reason));
+        }
+    }
+
+    /// The acknowledgement at the head of the queue, once its peers have
+    /// answered.
+    fn pop_ready_ack(&mut self) -> Option<PendingAck> {
+        let acks = self.acks.as_mut()?;
+        let front = acks.front_mut()?;
+        if let Some(w) = front.wait.as_mut() {
+            match w.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+                // Acknowledged, or given up on (peer down): either way
+                // this node has done what it can.
+                _ => front.wait = None,
             }
         }
+        acks.pop_front()
     }
 
     fn on_ack(&mut self, a: Ack) -> Result<(), Close> {
@@ -327,6 +328,8 @@ where
 
     async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let v5 = self.neg.version.is_v5();
+        // A refused filter: the 5.0 reason, or 0x80 "failure" for 3.1.1.
+        let failure = |code: ReasonCode| if v5 { code } else { ReasonCode::UNSPECIFIED_ERROR };
         let limits = self.broker.inner.topic_limits;
         let max_qos = self.broker.inner.max_qos;
         let mut codes: Vec<ReasonCode> = Vec::with_capacity(s.filters.len());
@@ -352,11 +355,7 @@ where
                             .metrics()
                             .subscribe_denied
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        codes.push(if v5 {
-                            ReasonCode::NOT_AUTHORIZED
-                        } else {
-                            ReasonCode::UNSPECIFIED_ERROR
-                        });
+                        codes.push(failure(ReasonCode::NOT_AUTHORIZED));
                         continue;
                     }
                     if max_subs > 0 && !held.contains(filter.as_str()) {
@@ -365,11 +364,7 @@ where
                                 .metrics()
                                 .subscribe_quota
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            codes.push(if v5 {
-                                ReasonCode::QUOTA_EXCEEDED
-                            } else {
-                                ReasonCode::UNSPECIFIED_ERROR
-                            });
+                            codes.push(failure(ReasonCode::QUOTA_EXCEEDED));
                             continue;
                         }
                         held.insert(filter.as_str().to_string());
@@ -379,11 +374,7 @@ where
                     let options = SubscriptionOptions { qos: granted, ..*opts };
                     requests.push((i, SubscribeRequest { filter, options, subscription_id: sub_id }));
                 }
-                Err(_) => codes.push(if v5 {
-                    ReasonCode::TOPIC_FILTER_INVALID
-                } else {
-                    ReasonCode::UNSPECIFIED_ERROR
-                }),
+                Err(_) => codes.push(failure(ReasonCode::TOPIC_FILTER_INVALID)),
             }
         }
         let mut existed = vec![false; s.filters.len()];
@@ -398,8 +389,7 @@ where
                 Err(PortError::Quota(why)) => {
                     tracing::info!(client = %self.session.client_id(), %why, "subscription refused");
                     for (i, _) in &requests {
-                        codes[*i] =
-                            if v5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::UNSPECIFIED_ERROR };
+                        codes[*i] = failure(ReasonCode::QUOTA_EXCEEDED);
                     }
                     requests.clear();
                 }
