@@ -169,3 +169,22 @@ async fn single_node_restart_keeps_state() {
     late.subscribe(1, "solo/retained", QoS::AtMostOnce).await;
     assert_eq!(&late.recv_publish().await.payload[..], b"r");
 }
+
+/// A CONNECT that reaches a follower just as the leader stops answering
+/// (its claim is on its way to that leader) is carried by the next leader:
+/// the client gets in once a new leader is elected, not "server
+/// unavailable" after the write timeout. (A killed container does not
+/// reset connections to it, so a forwarded write would otherwise wait for
+/// the whole timeout.)
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_during_a_leader_failover_is_accepted() {
+    let c = Cluster::start(3).await;
+    let status = tokio::task::block_in_place(|| c.status(1));
+    let leader = status["leader"].as_u64().expect("a leader");
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    c.freeze(leader);
+    let mut fresh = RawClient::tcp(c.node(follower).mqtt, V311).await;
+    let ack = fresh.handshake(connect_packet(V311, "during-failover", true)).await;
+    c.thaw(leader);
+    assert_eq!(ack.code, 0, "CONNECT during the failover refused\n{}", c.logs());
+}

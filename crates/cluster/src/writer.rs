@@ -82,10 +82,19 @@ impl Proposer {
                         .get_node(&l)
                         .map(|n| n.grpc.clone());
                     if let Some(addr) = addr {
-                        match self.forward(&addr, &commands, hops + 1, deadline).await {
-                            Ok(r) => return Ok(r),
-                            Err(e) => {
-                                tracing::debug!(leader = l, error = %e, "forwarded write failed; retrying")
+                        // A leader that died does not answer: rather than
+                        // wait for the whole deadline, give up on it as soon
+                        // as this node sees leadership move, and retry with
+                        // the new leader.
+                        tokio::select! {
+                            r = self.forward(&addr, &commands, hops + 1, deadline) => match r {
+                                Ok(r) => return Ok(r),
+                                Err(e) => {
+                                    tracing::debug!(leader = l, error = %e, "forwarded write failed; retrying")
+                                }
+                            },
+                            () = self.leader_moves_from(l) => {
+                                tracing::debug!(leader = l, "leadership moved while forwarding a write; retrying");
                             }
                         }
                     }
@@ -96,6 +105,17 @@ impl Proposer {
                 return Err(WriteError::NoLeader(self.timeout));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Completes once this node no longer sees `leader` as the leader.
+    async fn leader_moves_from(&self, leader: NodeId) {
+        let mut metrics = self.raft.metrics();
+        while metrics.borrow_and_update().current_leader == Some(leader) {
+            if metrics.changed().await.is_err() {
+                // Raft stopped: the deadline ends the write.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
