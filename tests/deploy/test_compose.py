@@ -159,7 +159,9 @@ def test_3_kill_a_node_under_a_qos1_stream():
             i += 1
             time.sleep(0.02)
 
-    t = threading.Thread(target=stream)
+    # A daemon: if an assertion below fails, the publisher must not keep
+    # pytest from exiting.
+    t = threading.Thread(target=stream, daemon=True)
     t.start()
     time.sleep(2)
     kill_at = len(published)
