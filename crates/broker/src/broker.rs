@@ -1,10 +1,11 @@
 //! `Broker`: the cheaply cloneable handle every connection holds. It ties
-//! the derived views, the state port, metrics and the shutdown signal
-//! together; the publish path lives in `router.rs`, connection handling in
-//! `connection/`.
+//! the node's local state (views of the replicated state), the state port,
+//! the forwarder, metrics and the shutdown signal together; the publish
+//! path lives in `router.rs`, the replicated operations in `ops.rs`,
+//! connection handling in `connection/`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use starling_codec::{QoS, ReasonCode};
@@ -15,9 +16,10 @@ use crate::config::MqttConfig;
 use crate::deadlines::DeadlineWheel;
 use crate::forward::Forwarder;
 use crate::ids::{ClientId, Epoch, EpochSource, NodeId};
-use crate::memory::{MemoryState, Views};
+use crate::memory::MemoryPort;
 use crate::metrics::{Gauges, Metrics};
 use crate::port::StatePort;
+use crate::replicated::{LocalState, Views};
 use crate::retained::RetainedStore;
 use crate::session::{Session, SessionLimits};
 use crate::topic::TopicLimits;
@@ -29,6 +31,8 @@ pub(crate) struct Inner {
     pub(crate) max_qos: QoS,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) views: Views,
+    /// Applies replicated changes to this node's sessions and views.
+    pub(crate) local: Arc<LocalState>,
     /// `$SYS/...` retained messages: node-local, never replicated.
     pub(crate) sys_retained: RetainedStore,
     pub(crate) port: Arc<dyn StatePort>,
@@ -39,11 +43,22 @@ pub(crate) struct Inner {
     next_client_seq: AtomicU64,
     live_connections: AtomicUsize,
     idle: Notify,
-    /// Delivery to other nodes; unset on a single process.
-    pub(crate) forwarder: OnceLock<Arc<dyn Forwarder>>,
+    /// Delivery to other nodes; `None` on a single process.
+    pub(crate) forwarder: Option<Arc<dyn Forwarder>>,
     pub(crate) auth: Arc<AuthService>,
     /// Keep-alive and idle deadlines of every connection.
     pub(crate) deadlines: Arc<DeadlineWheel>,
+}
+
+/// What a broker is built from; the port and the forwarder are made
+/// first, so nothing needs to be set on the broker afterwards.
+pub struct BrokerParts {
+    pub config: MqttConfig,
+    /// This node's local state; the port applies replicated changes to it.
+    pub local: Arc<LocalState>,
+    pub port: Arc<dyn StatePort>,
+    /// Delivery to subscribers on other nodes (`None`: a single process).
+    pub forwarder: Option<Arc<dyn Forwarder>>,
 }
 
 /// A running broker node's MQTT side.
@@ -59,26 +74,23 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// A broker over an existing state port and the views it maintains.
-    pub fn new(
-        node_id: NodeId,
-        config: MqttConfig,
-        metrics: Arc<Metrics>,
-        views: Views,
-        port: Arc<dyn StatePort>,
-        auth: Arc<AuthService>,
-    ) -> Broker {
+    /// The parts every broker is made of.
+    pub fn new(parts: BrokerParts) -> Broker {
+        let BrokerParts { config, local, port, forwarder } = parts;
         let (shutdown, _) = watch::channel(false);
         let max_qos = QoS::from_u8(config.max_qos).unwrap_or(QoS::ExactlyOnce);
         let topic_limits = config.topic_limits();
+        let node_id = local.node();
         Broker {
             inner: Arc::new(Inner {
                 node_id,
                 topic_limits,
                 max_qos,
                 config,
-                metrics,
-                views,
+                metrics: local.metrics().clone(),
+                views: local.views().clone(),
+                auth: local.auth().clone(),
+                local,
                 sys_retained: RetainedStore::new(),
                 port,
                 epochs: EpochSource::new(node_id),
@@ -88,24 +100,19 @@ impl Broker {
                 next_client_seq: AtomicU64::new(0),
                 live_connections: AtomicUsize::new(0),
                 idle: Notify::new(),
-                forwarder: OnceLock::new(),
-                auth,
+                forwarder,
                 deadlines: DeadlineWheel::new(),
             }),
         }
     }
 
-    /// A single-process broker on `MemoryState` (tests, embedding).
+    /// A single-process broker on `MemoryPort` (tests, embedding).
     pub fn in_memory(config: MqttConfig) -> Broker {
-        let views = Views::default();
-        let port = Arc::new(MemoryState::new(views.clone()));
         let auth = Arc::new(AuthService::new(Default::default()));
-        Broker::new(NodeId(1), config, Arc::new(Metrics::default()), views, port, auth)
-    }
-
-    /// Installs the forwarder for remote subscribers (once, at startup).
-    pub fn set_forwarder(&self, f: Arc<dyn Forwarder>) {
-        let _ = self.inner.forwarder.set(f);
+        let limits = SessionLimits::from_config(&config);
+        let local = Arc::new(LocalState::new(NodeId(1), auth, Arc::new(Metrics::default()), limits));
+        let port = MemoryPort::start(local.clone());
+        Broker::new(BrokerParts { config, local, port, forwarder: None })
     }
 
     pub fn auth(&self) -> &Arc<AuthService> {
@@ -126,6 +133,10 @@ impl Broker {
 
     pub fn views(&self) -> &Views {
         &self.inner.views
+    }
+
+    pub fn local(&self) -> &Arc<LocalState> {
+        &self.inner.local
     }
 
     pub fn port(&self) -> &Arc<dyn StatePort> {
@@ -160,10 +171,7 @@ impl Broker {
     }
 
     pub(crate) fn session_limits(&self) -> SessionLimits {
-        SessionLimits {
-            max_queued: self.inner.config.max_queued_messages,
-            queue_qos0_offline: self.inner.config.queue_qos0_offline,
-        }
+        SessionLimits::from_config(&self.inner.config)
     }
 
     pub(crate) fn new_session(&self, client: ClientId) -> Arc<Session> {

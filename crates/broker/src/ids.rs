@@ -30,6 +30,26 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// Stored and sent as a string.
+impl serde::Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ClientId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ClientId, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(ClientId(Arc::from(s)))
+    }
+}
+
+impl std::borrow::Borrow<str> for ClientId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<&str> for ClientId {
     fn from(s: &str) -> ClientId {
         ClientId::new(s)
@@ -41,6 +61,12 @@ impl From<&str> for ClientId {
     Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, serde::Serialize, serde::Deserialize,
 )]
 pub struct NodeId(pub u64);
+
+impl From<u64> for NodeId {
+    fn from(n: u64) -> NodeId {
+        NodeId(n)
+    }
+}
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

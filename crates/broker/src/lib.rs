@@ -3,9 +3,11 @@
 //! wills, `$SYS`, metrics, and the connection driver that speaks MQTT 3.1,
 //! 3.1.1 and 5.0 over any byte stream.
 //!
-//! Replicated state sits behind `port::StatePort`. `memory::MemoryState`
-//! implements it for a single process; the cluster crate implements it on
-//! openraft + sled. This crate never depends on either.
+//! Replicated state (`replicated/`: commands, the deterministic `apply`,
+//! and the one applier of its changes) sits behind `port::StatePort`.
+//! `memory::MemoryPort` implements it for a single process; the cluster
+//! crate implements it on openraft + sled. This crate never depends on
+//! either.
 
 pub mod auth;
 mod broker;
@@ -17,8 +19,10 @@ pub mod ids;
 pub mod memory;
 pub mod message;
 pub mod metrics;
+mod ops;
 pub mod port;
 pub mod registry;
+pub mod replicated;
 pub mod retained;
 mod router;
 pub mod routes;
@@ -27,7 +31,8 @@ pub mod sys;
 pub mod topic;
 pub mod will;
 
-pub use broker::Broker;
+pub use broker::{Broker, BrokerParts};
 pub use config::{ConfigError, MqttConfig};
 pub use connection::{serve, ConnectionInfo};
+pub use ops::{Released, SessionClaim, SubscribeRequest};
 pub use router::PublishOutcome;

@@ -12,7 +12,7 @@ use crate::ids::ClientId;
 /// The 5.0 properties that travel with a message from publisher to
 /// subscriber (topic alias and subscription identifiers are per hop and
 /// are not kept here).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MessageProperties {
     pub payload_format_indicator: Option<u8>,
     pub content_type: Option<MqttStr>,

@@ -14,10 +14,8 @@ use crate::broker::Broker;
 use crate::forward::{AckWaiter, RemotePlan, SharedTarget};
 use crate::ids::NodeId;
 use crate::message::{Delivery, Message};
-use crate::port::PortError;
-use crate::routes::{Matched, Route, RouteTarget};
+use crate::routes::{Matched, Route, RouteTable, RouteTarget};
 use crate::session::{Enqueued, Session};
-use crate::will::WillSpec;
 
 struct Candidate {
     session: Arc<Session>,
@@ -97,33 +95,11 @@ impl Broker {
                 }
             }
         });
-        let mut outcome = self.enqueue_all(msg, normal, shared);
+        let mut outcome = enqueue_all(msg, normal, shared);
         if !plans.is_empty() {
             outcome.remote_nodes = plans.iter().map(|p| p.node).collect();
-            if let Some(f) = self.inner.forwarder.get() {
+            if let Some(f) = &self.inner.forwarder {
                 outcome.ack = f.forward(msg, plans, msg.qos != QoS::AtMostOnce);
-            }
-        }
-        outcome
-    }
-
-    fn enqueue_all(
-        &self,
-        msg: &Arc<Message>,
-        mut normal: Vec<Candidate>,
-        shared: Vec<Candidate>,
-    ) -> PublishOutcome {
-        merge_overlapping(&mut normal);
-        let mut outcome = PublishOutcome::default();
-        for c in normal.into_iter().chain(shared) {
-            let d = Delivery {
-                message: msg.clone(),
-                qos: c.qos,
-                retain: c.retain,
-                subscription_ids: c.subscription_ids,
-            };
-            if c.session.enqueue(d) == Enqueued::Queued {
-                outcome.delivered += 1;
             }
         }
         outcome
@@ -158,63 +134,13 @@ impl Broker {
                 });
             }
         }
-        self.enqueue_all(msg, normal, picked).delivered
-    }
-
-    /// Delivers a message that every node publishes for itself (a will
-    /// released by a replicated command): local plain subscribers, and for
-    /// each matching shared group the member every node picks the same
-    /// way, if it lives here.
-    pub fn deliver_replicated(&self, msg: &Arc<Message>) -> usize {
-        let mut normal: Vec<Candidate> = Vec::new();
-        let mut shared: Vec<Candidate> = Vec::new();
-        self.inner.views.routes.for_each_match(&msg.topic, |m| match m {
-            Matched::Route(r) => {
-                if let RouteTarget::Local(s) = &r.target {
-                    normal.push(candidate(r, s, msg));
-                }
-            }
-            Matched::Shared(g) => {
-                if let Some(r) = g.pick_deterministic(&msg.topic) {
-                    if let RouteTarget::Local(s) = &r.target {
-                        shared.push(candidate(r, s, msg));
-                    }
-                }
-            }
-        });
-        self.enqueue_all(msg, normal, shared).delivered
-    }
-
-    /// Stores the retained state of a PUBLISH with RETAIN set (an empty
-    /// payload clears the topic) through the state port.
-    pub async fn retain(&self, msg: &Arc<Message>) -> Result<(), PortError> {
-        let stored = if msg.payload.is_empty() { None } else { Some(msg.clone()) };
-        self.inner.port.set_retained(&msg.topic, stored).await
+        enqueue_all(msg, normal, picked).delivered
     }
 
     /// Publishes a node-local `$SYS` message: retained on this node only.
     pub(crate) fn publish_sys(&self, msg: Arc<Message>) {
         self.inner.sys_retained.set(&msg.topic, Some(msg.clone()));
         self.route(&msg);
-    }
-
-    /// Publishes as a client would: retained state first, then routing.
-    /// Used for wills; forwarded acknowledgements are not awaited.
-    pub async fn publish(&self, msg: Arc<Message>) -> Result<PublishOutcome, PortError> {
-        if msg.retain {
-            self.retain(&msg).await?;
-        }
-        Ok(self.route(&msg))
-    }
-
-    /// Publishes a will on behalf of `client`.
-    pub(crate) async fn publish_will(&self, client: &crate::ids::ClientId, will: &WillSpec) {
-        let msg = will.to_message(client, Instant::now());
-        self.inner.metrics.wills_published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(client = %client, topic = %msg.topic, "publishing will");
-        if let Err(e) = self.publish(msg).await {
-            tracing::warn!(client = %client, error = %e, "will not published");
-        }
     }
 
     /// Retained messages matching a plain filter (replicated and `$SYS`).
@@ -226,6 +152,49 @@ impl Broker {
         }
         v
     }
+}
+
+/// Queues one delivery per candidate (overlapping subscriptions of a
+/// session merged first).
+fn enqueue_all(msg: &Arc<Message>, mut normal: Vec<Candidate>, shared: Vec<Candidate>) -> PublishOutcome {
+    merge_overlapping(&mut normal);
+    let mut outcome = PublishOutcome::default();
+    for c in normal.into_iter().chain(shared) {
+        let d = Delivery {
+            message: msg.clone(),
+            qos: c.qos,
+            retain: c.retain,
+            subscription_ids: c.subscription_ids,
+        };
+        if c.session.enqueue(d) == Enqueued::Queued {
+            outcome.delivered += 1;
+        }
+    }
+    outcome
+}
+
+/// Delivers a message that every node publishes for itself (a will
+/// released by a replicated command): to this node's plain subscribers,
+/// and for each matching shared group to the member every node picks the
+/// same way, if it lives here.
+pub(crate) fn deliver_replicated(routes: &RouteTable, msg: &Arc<Message>) -> usize {
+    let mut normal: Vec<Candidate> = Vec::new();
+    let mut shared: Vec<Candidate> = Vec::new();
+    routes.for_each_match(&msg.topic, |m| match m {
+        Matched::Route(r) => {
+            if let RouteTarget::Local(s) = &r.target {
+                normal.push(candidate(r, s, msg));
+            }
+        }
+        Matched::Shared(g) => {
+            if let Some(r) = g.pick_deterministic(&msg.topic) {
+                if let RouteTarget::Local(s) = &r.target {
+                    shared.push(candidate(r, s, msg));
+                }
+            }
+        }
+    });
+    enqueue_all(msg, normal, shared).delivered
 }
 
 /// Collapses several matching subscriptions of one session into one

@@ -20,7 +20,6 @@ use starling_codec::{QoS, ReasonCode};
 use crate::ids::{ClientId, Epoch};
 use crate::message::Delivery;
 use crate::metrics::{DropReason, Metrics};
-use crate::will::PendingWill;
 
 /// Why the broker tells a connection to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +62,12 @@ pub struct SessionLimits {
     pub queue_qos0_offline: bool,
 }
 
+impl SessionLimits {
+    pub fn from_config(c: &crate::config::MqttConfig) -> SessionLimits {
+        SessionLimits { max_queued: c.max_queued_messages, queue_qos0_offline: c.queue_qos0_offline }
+    }
+}
+
 struct Owner {
     epoch: Epoch,
     /// Set when the broker told this connection to close.
@@ -83,11 +88,6 @@ struct State {
     #[allow(clippy::box_collection)]
     inbound_qos2: Option<Box<Vec<u16>>>,
     next_packet_id: u16,
-    /// Session expiry interval in seconds (u32::MAX = never).
-    expiry_interval: u32,
-    disconnected_at: Option<Instant>,
-    /// Boxed: few sessions have one.
-    pending_will: Option<Box<PendingWill>>,
 }
 
 pub struct Session {
@@ -230,7 +230,7 @@ impl Session {
     /// taken over". Returns what must be resent: unacknowledged PUBLISHes
     /// (DUP set) and PUBRELs, in their original order, and the kick
     /// generation the new owner starts from (`kick_generation`).
-    pub fn attach(&self, epoch: Epoch, expiry_interval: u32) -> (Vec<Outgoing>, u32) {
+    pub fn attach(&self, epoch: Epoch) -> (Vec<Outgoing>, u32) {
         let mut st = self.state.lock();
         let replaced = st.owner.take().is_some();
         if replaced {
@@ -239,9 +239,6 @@ impl Session {
         let kick_gen = self.kick_gen.load(Ordering::Acquire);
         st.owner = Some(Owner { epoch, kicked: None });
         st.last_epoch = Some(epoch);
-        st.expiry_interval = expiry_interval;
-        st.disconnected_at = None;
-        st.pending_will = None;
         self.online.store(true, Ordering::Release);
         let resend = st
             .inflight
@@ -263,14 +260,12 @@ impl Session {
 
     /// Releases ownership if `epoch` still owns the session; returns false
     /// if another connection took it over meanwhile.
-    pub fn detach(&self, epoch: Epoch, now: Instant, will: Option<PendingWill>) -> bool {
+    pub fn detach(&self, epoch: Epoch) -> bool {
         let mut st = self.state.lock();
         if st.owner.as_ref().map(|o| o.epoch) != Some(epoch) {
             return false;
         }
         st.owner = None;
-        st.disconnected_at = Some(now);
-        st.pending_will = will.map(Box::new);
         self.online.store(false, Ordering::Release);
         true
     }
@@ -314,37 +309,6 @@ impl Session {
 
     pub fn last_epoch(&self) -> Option<Epoch> {
         self.state.lock().last_epoch
-    }
-
-    pub fn set_expiry_interval(&self, secs: u32) {
-        self.state.lock().expiry_interval = secs;
-    }
-
-    pub fn expiry_interval(&self) -> u32 {
-        self.state.lock().expiry_interval
-    }
-
-    /// Takes the will waiting for its delay, if `epoch` is still the last
-    /// owner and the session is still offline.
-    pub fn take_pending_will(&self, epoch: Option<Epoch>) -> Option<PendingWill> {
-        let mut st = self.state.lock();
-        if st.owner.is_some() {
-            return None;
-        }
-        if epoch.is_some() && st.last_epoch != epoch {
-            return None;
-        }
-        st.pending_will.take().map(|w| *w)
-    }
-
-    /// Whether the session is offline and still last owned by `epoch`.
-    pub fn offline_since(&self, epoch: Epoch) -> Option<Instant> {
-        let st = self.state.lock();
-        if st.owner.is_none() && st.last_epoch == Some(epoch) {
-            st.disconnected_at
-        } else {
-            None
-        }
     }
 
     /// Moves up to `max` deliveries from the queue onto the wire for
@@ -580,7 +544,7 @@ mod tests {
     #[test]
     fn qos1_and_qos2_state_machines() {
         let s = session(10);
-        assert!(s.attach(epoch(1), 0).0.is_empty());
+        assert!(s.attach(epoch(1)).0.is_empty());
         s.enqueue(delivery(QoS::AtLeastOnce));
         s.enqueue(delivery(QoS::ExactlyOnce));
         s.enqueue(delivery(QoS::AtMostOnce));
@@ -607,7 +571,7 @@ mod tests {
     #[test]
     fn window_limits_inflight_and_resume_resends_with_dup() {
         let s = session(10);
-        s.attach(epoch(1), 60);
+        s.attach(epoch(1));
         for _ in 0..3 {
             s.enqueue(delivery(QoS::ExactlyOnce));
         }
@@ -616,8 +580,8 @@ mod tests {
         assert_eq!(out.len(), 2, "window of 2");
         assert_eq!(s.queue_len(), 1);
         assert!(s.on_pubrec(1, false));
-        assert!(s.detach(epoch(1), Instant::now(), None));
-        let (resend, _) = s.attach(epoch(2), 60);
+        assert!(s.detach(epoch(1)));
+        let (resend, _) = s.attach(epoch(2));
         assert!(matches!(resend[0], Outgoing::PubRel { packet_id: 1 }));
         assert!(matches!(resend[1], Outgoing::Publish { packet_id: 2, dup: true, .. }));
         // The old connection no longer owns the session.
@@ -627,9 +591,9 @@ mod tests {
     #[test]
     fn attach_kicks_previous_owner() {
         let s = session(10);
-        let (_, gen1) = s.attach(epoch(1), 0);
+        let (_, gen1) = s.attach(epoch(1));
         assert_eq!(s.kick_for(epoch(1)), None);
-        let (_, gen2) = s.attach(epoch(2), 0);
+        let (_, gen2) = s.attach(epoch(2));
         assert_ne!(s.kick_generation(), gen1, "the old owner sees a new generation");
         assert_eq!(s.kick_for(epoch(1)).unwrap().reason, ReasonCode::SESSION_TAKEN_OVER);
         assert_eq!(s.kick_for(epoch(2)), None);
@@ -637,7 +601,7 @@ mod tests {
         assert_ne!(s.kick_generation(), gen2);
         assert_eq!(s.kick_for(epoch(2)).unwrap().reason, ReasonCode::ADMINISTRATIVE_ACTION);
         assert!(!s.kick(Some(epoch(1)), ReasonCode::ADMINISTRATIVE_ACTION), "not the owner");
-        assert!(!s.detach(epoch(1), Instant::now(), None), "old owner cannot detach the new one");
+        assert!(!s.detach(epoch(1)), "old owner cannot detach the new one");
         assert!(s.is_owner(epoch(2)));
     }
 

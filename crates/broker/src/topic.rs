@@ -141,6 +141,26 @@ impl TopicFilter {
     }
 }
 
+/// The widest limits: replicated filters were validated, with the limits
+/// in force then, by the node that proposed them; reading them back (a
+/// log entry, a snapshot) must not fail because a limit changed since.
+pub const STORED_LIMITS: TopicLimits = TopicLimits { max_len: 65_535, max_levels: usize::MAX };
+
+/// Stored as the string the client subscribed with; reading it back
+/// validates it again (a corrupt filter is an error, never a route).
+impl serde::Serialize for TopicFilter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.full)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TopicFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TopicFilter, D::Error> {
+        let s = String::deserialize(d)?;
+        TopicFilter::parse(&s, &STORED_LIMITS).map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::fmt::Display for TopicFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.full)

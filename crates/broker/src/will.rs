@@ -5,12 +5,14 @@
 //! (socket error, EOF, keep-alive timeout, protocol error, session taken
 //! over) or with DISCONNECT reason 0x04. It is discarded on a normal
 //! DISCONNECT and on a graceful server shutdown (the client is not gone;
-//! it reconnects to another node). With a will delay the will waits in the
-//! session (`PendingWill`) and is cancelled if the session is resumed
-//! before the delay passes; if the session ends first, it is published then.
+//! it reconnects to another node). The will is kept with the replicated
+//! session record; publishing it, waiting for its delay, cancelling it on
+//! resumption and publishing it when the session ends first are rules of
+//! the replicated state (`replicated/state.rs`), so a will goes out even
+//! when its node dies.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use starling_codec::{MqttStr, QoS, Will};
@@ -19,7 +21,7 @@ use crate::ids::ClientId;
 use crate::message::{Message, MessageProperties};
 
 /// The will of one connection, as accepted from CONNECT.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WillSpec {
     pub topic: MqttStr,
     pub payload: Bytes,
@@ -51,19 +53,5 @@ impl WillSpec {
         m.properties = self.properties.clone();
         m.publisher = Some(client.clone());
         Arc::new(m)
-    }
-}
-
-/// A will waiting for its delay in a disconnected session.
-#[derive(Debug, Clone)]
-pub struct PendingWill {
-    pub will: Box<WillSpec>,
-    pub publish_at: Instant,
-}
-
-impl PendingWill {
-    pub fn new(will: Box<WillSpec>, now: Instant, session_expiry: u32) -> PendingWill {
-        let delay = will.delay.min(session_expiry);
-        PendingWill { will, publish_at: now + Duration::from_secs(u64::from(delay)) }
     }
 }

@@ -24,18 +24,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use starling_broker::forward::{AckWaiter, Forwarder, RemotePlan, SharedTarget};
-use starling_broker::ids::ClientId;
-use starling_broker::message::{Delivery, Message};
-use starling_codec::{MqttStr, QoS};
+use starling_broker::message::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::network::Channels;
-use crate::pb::peer::{self as pb, ForwardBatch, ForwardedMessage};
-use crate::types::{NodeId, PropsRecord};
+use crate::pb::peer::{ForwardBatch, ForwardedMessage};
+use crate::peer_client::PeerClient;
+use crate::types::NodeId;
+use crate::wire::{encode_message, encode_shared};
 
 /// Messages waiting for one peer's stream.
 pub const QUEUE_PER_PEER: usize = 16 * 1024;
@@ -102,9 +100,7 @@ impl Drop for Link {
 }
 
 pub struct PeerForwarder {
-    node_id: NodeId,
-    cluster_id: Arc<Mutex<String>>,
-    channels: Channels,
+    peers: PeerClient,
     links: RwLock<HashMap<NodeId, Link>>,
 }
 
@@ -119,8 +115,8 @@ pub struct LinkReport {
 }
 
 impl PeerForwarder {
-    pub fn new(node_id: NodeId, cluster_id: Arc<Mutex<String>>, channels: Channels) -> PeerForwarder {
-        PeerForwarder { node_id, cluster_id, channels, links: RwLock::new(HashMap::new()) }
+    pub fn new(peers: PeerClient) -> PeerForwarder {
+        PeerForwarder { peers, links: RwLock::new(HashMap::new()) }
     }
 
     /// Makes the set of links follow the membership: a link per other
@@ -129,22 +125,14 @@ impl PeerForwarder {
         let mut links = self.links.write();
         links.retain(|id, l| peers.iter().any(|(p, a)| p == id && *a == l.addr));
         for (id, addr) in peers {
-            if *id == self.node_id || links.contains_key(id) {
+            if *id == self.peers.node_id() || links.contains_key(id) {
                 continue;
             }
             let (tx, rx) = mpsc::channel(QUEUE_PER_PEER);
             let stats = Arc::new(LinkStats::default());
-            let task = tokio::spawn(run_link(
-                *id,
-                addr.clone(),
-                self.node_id,
-                self.cluster_id.clone(),
-                self.channels.clone(),
-                rx,
-                stats.clone(),
-            ));
+            let task = tokio::spawn(run_link(*id, addr.clone(), self.peers.clone(), rx, stats.clone()));
             links.insert(*id, Link { addr: addr.clone(), tx, stats, task });
-            tracing::info!(peer = id, %addr, "forwarding link created");
+            tracing::info!(peer = %id, %addr, "forwarding link created");
         }
     }
 
@@ -191,7 +179,7 @@ impl Forwarder for PeerForwarder {
                 shared: plan.shared,
                 _ack: AckTicket(group.clone()),
             };
-            if let Some(l) = links.get(&plan.node.0) {
+            if let Some(l) = links.get(&plan.node) {
                 // Queue full, or peer down: dropped now (the ticket completes).
                 if l.stats.down.load(Ordering::Relaxed) || l.tx.try_send(item).is_err() {
                     l.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -202,92 +190,18 @@ impl Forwarder for PeerForwarder {
     }
 }
 
-pub fn encode_message(msg: &Message, now: Instant) -> ForwardedMessage {
-    let props = if msg.properties.is_empty() {
-        Bytes::new()
-    } else {
-        bincode::serialize(&PropsRecord::from_props(&msg.properties)).map(Bytes::from).unwrap_or_default()
-    };
-    ForwardedMessage {
-        topic: msg.topic.as_bytes().clone(),
-        payload: msg.payload.clone(),
-        qos: u32::from(msg.qos as u8),
-        retain: msg.retain,
-        properties: props,
-        publisher: msg
-            .publisher
-            .as_ref()
-            .map(|c| Bytes::copy_from_slice(c.as_str().as_bytes()))
-            .unwrap_or_default(),
-        expiry_ms: msg.expires_at.map_or(0, |t| t.saturating_duration_since(now).as_millis().max(1) as u64),
-        deliver_normal: false,
-        shared_targets: Vec::new(),
-        only_client: String::new(),
-        subscription_ids: Vec::new(),
-    }
-}
-
-pub fn decode_message(m: &ForwardedMessage, now: Instant) -> Arc<Message> {
-    let qos = QoS::from_u8(m.qos as u8).unwrap_or(QoS::AtMostOnce);
-    // Peers of this cluster send valid UTF-8; anything else is replaced,
-    // never trusted as `str`.
-    let topic = MqttStr::from_bytes(m.topic.clone())
-        .unwrap_or_else(|_| MqttStr::from(String::from_utf8_lossy(&m.topic).into_owned()));
-    let mut msg = Message::new(topic, m.payload.clone(), qos, m.retain);
-    if !m.properties.is_empty() {
-        if let Ok(p) = bincode::deserialize::<PropsRecord>(&m.properties) {
-            msg.properties = p.to_props();
-        }
-    }
-    if !m.publisher.is_empty() {
-        msg.publisher = Some(ClientId::new(&String::from_utf8_lossy(&m.publisher)));
-    }
-    if m.expiry_ms > 0 {
-        msg.expires_at = Some(now + Duration::from_millis(m.expiry_ms));
-    }
-    Arc::new(msg)
-}
-
-/// A delivery handed from one node to another with its session.
-pub fn encode_delivery(d: &Delivery, client: &str, now: Instant) -> ForwardedMessage {
-    let mut m = encode_message(&d.message, now);
-    m.qos = u32::from(d.qos as u8);
-    m.retain = d.retain;
-    m.only_client = client.to_string();
-    m.subscription_ids = d.subscription_ids.clone();
-    m
-}
-
-pub fn decode_delivery(m: &ForwardedMessage, now: Instant) -> Delivery {
-    let message = decode_message(m, now);
-    Delivery {
-        qos: QoS::from_u8(m.qos as u8).unwrap_or(QoS::AtMostOnce),
-        retain: m.retain,
-        subscription_ids: m.subscription_ids.clone(),
-        message,
-    }
-}
-
 fn encode_item(item: &Item, now: Instant) -> ForwardedMessage {
     let mut m = encode_message(&item.msg, now);
     m.deliver_normal = item.deliver_normal;
-    m.shared_targets = item
-        .shared
-        .iter()
-        .map(|t| pb::SharedTarget {
-            client: t.client.to_string(),
-            qos: u32::from(t.qos as u8),
-            subscription_id: t.subscription_id.unwrap_or(0),
-        })
-        .collect();
+    m.shared_targets = item.shared.iter().map(encode_shared).collect();
     m
 }
 
-fn batch_of(items: &[Item], cluster_id: &Mutex<String>, me: NodeId, seq: u64) -> ForwardBatch {
+fn batch_of(items: &[Item], peers: &PeerClient, seq: u64) -> ForwardBatch {
     let now = Instant::now();
     ForwardBatch {
-        cluster_id: cluster_id.lock().clone(),
-        from_node: me,
+        cluster_id: peers.cluster_id().get().to_string(),
+        from_node: peers.node_id().0,
         seq,
         messages: items.iter().map(|i| encode_item(i, now)).collect(),
     }
@@ -296,9 +210,7 @@ fn batch_of(items: &[Item], cluster_id: &Mutex<String>, me: NodeId, seq: u64) ->
 async fn run_link(
     peer: NodeId,
     addr: String,
-    me: NodeId,
-    cluster_id: Arc<Mutex<String>>,
-    channels: Channels,
+    peers: PeerClient,
     mut rx: mpsc::Receiver<Item>,
     stats: Arc<LinkStats>,
 ) {
@@ -318,27 +230,24 @@ async fn run_link(
             continue;
         }
         let (btx, brx) = mpsc::channel::<ForwardBatch>(64);
-        let opened = match channels.peer(&addr) {
-            Ok(mut c) => c.forward(ReceiverStream::new(brx)).await.map(|r| r.into_inner()),
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-        };
+        let opened = peers.open_forward(&addr, ReceiverStream::new(brx)).await;
         let mut acks = match opened {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(peer, %addr, error = %e, "forward stream not open; retrying");
+                tracing::debug!(%peer, %addr, error = %e, "forward stream not open; retrying");
                 stats.connected.store(false, Ordering::Relaxed);
                 tokio::time::sleep(RECONNECT_DELAY).await;
                 continue;
             }
         };
         if !stats.connected.swap(true, Ordering::Relaxed) {
-            tracing::info!(peer, %addr, "forward stream open");
+            tracing::info!(%peer, %addr, "forward stream open");
         }
         let mut unacked: VecDeque<(u64, Vec<Item>)> = VecDeque::new();
         let mut broken = false;
         while let Some(items) = resend.pop_front() {
             seq += 1;
-            if btx.send(batch_of(&items, &cluster_id, me, seq)).await.is_err() {
+            if btx.send(batch_of(&items, &peers, seq)).await.is_err() {
                 resend.push_front(items);
                 broken = true;
                 break;
@@ -363,7 +272,7 @@ async fn run_link(
                     seq += 1;
                     stats.messages.fetch_add(items.len() as u64, Ordering::Relaxed);
                     stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    if btx.send(batch_of(&items, &cluster_id, me, seq)).await.is_err() {
+                    if btx.send(batch_of(&items, &peers, seq)).await.is_err() {
                         resend.push_back(items);
                         break;
                     }
@@ -390,7 +299,7 @@ async fn run_link(
             resend.push_front(items);
         }
         stats.connected.store(false, Ordering::Relaxed);
-        tracing::info!(peer, %addr, unacknowledged_batches = pending, "forward stream closed");
+        tracing::info!(%peer, %addr, unacknowledged_batches = pending, "forward stream closed");
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
 }

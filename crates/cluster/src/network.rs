@@ -1,11 +1,7 @@
-//! openraft's network over gRPC: one cached tonic `Channel` per peer
-//! address (openraft creates clients often; connections are reused), Raft
-//! messages bincode-encoded inside a small protobuf envelope that carries
-//! the cluster id, so a node of another cluster is refused.
-
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+//! openraft's network over gRPC: Raft messages bincode-encoded inside a
+//! small protobuf envelope (`PeerClient::raft`), which also carries the
+//! cluster id and the format version, so a node of another cluster or of
+//! an incompatible version is refused rather than misread.
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -13,73 +9,30 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
 
-use crate::pb::peer::peer_client::PeerClient;
-use crate::pb::peer::RaftMessage;
+use crate::error::PeerError;
+use crate::peer_client::{PeerClient, RaftRpc};
 use crate::types::{NodeId, NodeInfo, TypeConfig};
-
-/// Largest gRPC message accepted or sent between peers (log batches and
-/// snapshot chunks stay far below it).
-pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-
-/// Channels to peers, by gRPC address, shared by every user.
-#[derive(Clone, Default)]
-pub struct Channels {
-    inner: Arc<Mutex<HashMap<String, Channel>>>,
-}
-
-impl Channels {
-    /// A lazily connecting channel to `addr`, created once.
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut map = self.inner.lock();
-        if let Some(c) = map.get(addr) {
-            return Ok(c.clone());
-        }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .tcp_keepalive(Some(Duration::from_secs(10)))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
-        Ok(ch)
-    }
-
-    pub fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
-        Ok(PeerClient::new(self.get(addr)?)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
-    }
-}
 
 /// Creates per-target clients for openraft.
 #[derive(Clone)]
 pub struct Network {
-    pub channels: Channels,
-    pub cluster_id: Arc<Mutex<String>>,
+    pub peers: PeerClient,
 }
 
 pub struct Connection {
     target: NodeId,
-    client: Option<PeerClient<Channel>>,
-    cluster_id: Arc<Mutex<String>>,
+    addr: String,
+    peers: PeerClient,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
-        Connection {
-            target,
-            client: self.channels.peer(&node.grpc).ok(),
-            cluster_id: self.cluster_id.clone(),
-        }
+        Connection { target, addr: node.grpc.clone(), peers: self.peers.clone() }
     }
 }
 
@@ -94,16 +47,10 @@ impl std::fmt::Display for Msg {
 
 impl std::error::Error for Msg {}
 
-enum Rpc {
-    Append,
-    Vote,
-    Snapshot,
-}
-
 impl Connection {
     async fn call<Req, Resp, E>(
         &mut self,
-        rpc: Rpc,
+        rpc: RaftRpc,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>
@@ -112,30 +59,16 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let Some(client) = self.client.as_mut() else {
-            return Err(RPCError::Unreachable(Unreachable::new(&Msg("no channel to the peer".into()))));
-        };
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let cluster_id = self.cluster_id.lock().clone();
-        let mut request = tonic::Request::new(RaftMessage { cluster_id, data: data.into() });
-        request.set_timeout(option.hard_ttl());
-        let resp = match rpc {
-            Rpc::Append => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
-        };
-        let resp = match resp {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
-                let e = Msg(format!("{}: {}", status.code(), status.message()));
-                return Err(match status.code() {
-                    tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&e)),
-                    _ => RPCError::Network(NetworkError::new(&e)),
-                });
+        let answer = match self.peers.raft(&self.addr, rpc, data.into(), option.hard_ttl()).await {
+            Ok(a) => a,
+            Err(PeerError::Unreachable(why)) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&Msg(why))))
             }
+            Err(e) => return Err(RPCError::Network(NetworkError::new(&Msg(e.to_string())))),
         };
         let result: Result<Resp, RaftError<NodeId, E>> =
-            bincode::deserialize(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            bincode::deserialize(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -146,7 +79,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.call::<_, _, openraft::error::Infallible>(Rpc::Append, &req, &option).await
+        self.call::<_, _, openraft::error::Infallible>(RaftRpc::Append, &req, &option).await
     }
 
     async fn install_snapshot(
@@ -157,7 +90,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &req, &option).await
+        self.call(RaftRpc::Snapshot, &req, &option).await
     }
 
     async fn vote(
@@ -165,6 +98,6 @@ impl RaftNetwork<TypeConfig> for Connection {
         req: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.call::<_, _, openraft::error::Infallible>(Rpc::Vote, &req, &option).await
+        self.call::<_, _, openraft::error::Infallible>(RaftRpc::Vote, &req, &option).await
     }
 }

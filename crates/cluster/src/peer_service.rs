@@ -1,65 +1,79 @@
 //! The gRPC `Peer` service: Raft RPCs into openraft, forwarded writes,
-//! the receiving end of publish forwarding, session handoff and pings.
-//! Every request carries the cluster id; a different one is refused.
+//! the receiving end of publish forwarding, session handoff, pings. Every
+//! request carries the cluster id (and Raft data its format version); a
+//! different one is refused. Corrupt input is refused, counted
+//! (`starling_peer_corrupt_total`) and logged, never coerced.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
-use parking_lot::Mutex;
-use starling_broker::forward::SharedTarget;
 use starling_broker::ids::ClientId;
+use starling_broker::replicated::Command;
 use starling_broker::Broker;
-use starling_codec::QoS;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::forwarder::{decode_delivery, decode_message, encode_delivery};
+use crate::error::ServiceError;
 use crate::pb::peer::peer_server::Peer;
 use crate::pb::peer::{
-    ForwardAck, ForwardBatch, PingRequest, PingResponse, RaftMessage, TakeSessionRequest,
+    ForwardAck, ForwardBatch, ForwardedMessage, PingRequest, PingResponse, RaftMessage, TakeSessionRequest,
     TakeSessionResponse, WaitAppliedRequest, WaitAppliedResponse, WriteRequest, WriteResponse,
 };
+use crate::readiness::Readiness;
 use crate::sm::SmShared;
-use crate::types::{Command, Raft};
+use crate::status::PeerStats;
+use crate::storage::FORMAT_VERSION;
+use crate::types::Raft;
+use crate::wire::{decode_delivery, decode_message, decode_shared, encode_delivery, Corrupt};
 use crate::writer::{Proposer, MAX_HOPS};
 
 pub struct PeerService {
     pub raft: Raft,
-    pub cluster_id: Arc<Mutex<String>>,
     pub proposer: Proposer,
     pub sm: Arc<SmShared>,
     pub broker: Broker,
-    /// When the leader last reached this node (AppendEntries), for
-    /// readiness of followers.
-    pub last_leader_contact: Arc<Mutex<Option<Instant>>>,
+    pub readiness: Arc<Readiness>,
+    pub stats: Arc<PeerStats>,
 }
 
 impl PeerService {
-    fn check_cluster(&self, id: &str) -> Result<(), Status> {
-        let mine = self.cluster_id.lock().clone();
-        if mine.is_empty() {
-            return Err(Status::failed_precondition("this node has not joined a cluster yet"));
-        }
-        if id != mine {
-            return Err(Status::permission_denied(format!(
-                "request from cluster {id} refused: this node belongs to cluster {mine}"
-            )));
-        }
-        Ok(())
+    fn check(&self, cluster_id: &str, format: Option<u32>) -> Result<(), ServiceError> {
+        self.proposer.peers.cluster_id().check(cluster_id, format)
+    }
+
+    fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> ServiceError {
+        self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "{what} from a peer refused as corrupt");
+        ServiceError::Corrupt(format!("{what}: {e}"))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, m: &RaftMessage) -> Result<T, ServiceError> {
+        self.check(&m.cluster_id, Some(m.format))?;
+        bincode::deserialize(&m.data).map_err(|e| self.corrupt("Raft message", e))
     }
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
-    let data = bincode::serialize(v).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftMessage { cluster_id: String::new(), data: data.into() }))
+    let data = bincode::serialize(v).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    Ok(Response::new(RaftMessage { cluster_id: String::new(), data: data.into(), format: FORMAT_VERSION }))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
-    bincode::deserialize(&m.data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+/// Delivers one forwarded message to this node's local subscribers.
+fn deliver(broker: &Broker, m: &ForwardedMessage, now: Instant) -> Result<(), Corrupt> {
+    if !m.only_client.is_empty() {
+        if let Some(s) = broker.views().registry.get(&ClientId::new(&m.only_client)) {
+            s.enqueue(decode_delivery(m, now)?);
+        }
+        return Ok(());
+    }
+    let msg = decode_message(m, now)?;
+    let shared = m.shared_targets.iter().map(decode_shared).collect::<Result<Vec<_>, _>>()?;
+    broker.deliver_local(&msg, m.deliver_normal, &shared);
+    Ok(())
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<ForwardAck, Status>> + Send>>;
@@ -67,42 +81,42 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<ForwardAck, Status>> + Send>>;
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let m = req.into_inner();
-        self.check_cluster(&m.cluster_id)?;
-        let r = self.raft.append_entries(decode(&m)?).await;
+        let r = self.raft.append_entries(self.decode(&req.into_inner())?).await;
         if r.is_ok() {
-            *self.last_leader_contact.lock() = Some(Instant::now());
+            self.readiness.leader_contact();
         }
         encode(&r)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let m = req.into_inner();
-        self.check_cluster(&m.cluster_id)?;
-        encode(&self.raft.vote(decode(&m)?).await)
+        encode(&self.raft.vote(self.decode(&req.into_inner())?).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let m = req.into_inner();
-        self.check_cluster(&m.cluster_id)?;
-        let r = self.raft.install_snapshot(decode(&m)?).await;
+        let r = self.raft.install_snapshot(self.decode(&req.into_inner())?).await;
         if r.is_ok() {
-            *self.last_leader_contact.lock() = Some(Instant::now());
+            self.readiness.leader_contact();
         }
         encode(&r)
     }
 
     async fn write(&self, req: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
         let w = req.into_inner();
-        self.check_cluster(&w.cluster_id)?;
+        self.check(&w.cluster_id, Some(w.format))?;
         if w.hops > MAX_HOPS {
-            return Err(Status::unavailable("write forwarded too many times (leadership changing)"));
+            return Err(ServiceError::Unavailable(
+                "write forwarded too many times (leadership changing)".into(),
+            )
+            .into());
         }
         let commands: Vec<Command> =
-            bincode::deserialize(&w.commands).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (results, log_index) =
-            self.proposer.propose(commands, w.hops).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let results = bincode::serialize(&results).map_err(|e| Status::internal(e.to_string()))?;
+            bincode::deserialize(&w.commands).map_err(|e| self.corrupt("write", e))?;
+        let (results, log_index) = self
+            .proposer
+            .propose(commands, w.hops)
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let results = bincode::serialize(&results).map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Response::new(WriteResponse { results: results.into(), log_index }))
     }
 
@@ -112,32 +126,22 @@ impl Peer for PeerService {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<ForwardAck, Status>>(64);
         let broker = self.broker.clone();
-        let cluster_id = self.cluster_id.clone();
+        let cluster_id = self.proposer.peers.cluster_id().clone();
+        let stats = self.stats.clone();
         tokio::spawn(async move {
             while let Ok(Some(batch)) = inbound.message().await {
-                if batch.cluster_id != *cluster_id.lock() {
-                    let _ = tx.send(Err(Status::permission_denied("forward from another cluster"))).await;
+                if let Err(e) = cluster_id.check(&batch.cluster_id, None) {
+                    let _ = tx.send(Err(e.into())).await;
                     return;
                 }
                 let now = Instant::now();
                 for m in &batch.messages {
-                    if !m.only_client.is_empty() {
-                        if let Some(s) = broker.views().registry.get(&ClientId::new(&m.only_client)) {
-                            s.enqueue(decode_delivery(m, now));
-                        }
-                        continue;
+                    // A corrupt message is dropped alone: refusing the batch
+                    // would have the sender resend it forever.
+                    if let Err(e) = deliver(&broker, m, now) {
+                        stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(from = batch.from_node, error = %e, "forwarded message refused");
                     }
-                    let msg = decode_message(m, now);
-                    let shared: Vec<SharedTarget> = m
-                        .shared_targets
-                        .iter()
-                        .map(|t| SharedTarget {
-                            client: ClientId::new(&t.client),
-                            qos: QoS::from_u8(t.qos as u8).unwrap_or(QoS::AtMostOnce),
-                            subscription_id: (t.subscription_id != 0).then_some(t.subscription_id),
-                        })
-                        .collect();
-                    broker.deliver_local(&msg, m.deliver_normal, &shared);
                 }
                 if tx.send(Ok(ForwardAck { seq: batch.seq })).await.is_err() {
                     return;
@@ -152,15 +156,16 @@ impl Peer for PeerService {
         req: Request<TakeSessionRequest>,
     ) -> Result<Response<TakeSessionResponse>, Status> {
         let t = req.into_inner();
-        self.check_cluster(&t.cluster_id)?;
+        self.check(&t.cluster_id, None)?;
         // Apply at least up to the claim, so the session has moved here
         // and nothing new is queued into the old runtime.
         self.sm.wait_applied(t.claim_index, Duration::from_secs(3)).await;
+        let client = ClientId::new(&t.client);
         let now = Instant::now();
-        let messages = match self.sm.views.take_handoff(&t.client) {
+        let messages = match self.broker.local().take_handoff(&client) {
             Some(s) => {
                 s.mark_ended();
-                s.drain_all().iter().map(|d| encode_delivery(d, &t.client, now)).collect()
+                s.drain_all().iter().map(|d| encode_delivery(d, &client, now)).collect()
             }
             None => Vec::new(),
         };
@@ -172,17 +177,16 @@ impl Peer for PeerService {
         req: Request<WaitAppliedRequest>,
     ) -> Result<Response<WaitAppliedResponse>, Status> {
         let w = req.into_inner();
-        self.check_cluster(&w.cluster_id)?;
+        self.check(&w.cluster_id, None)?;
         let timeout = Duration::from_millis(u64::from(w.timeout_ms).min(10_000));
         self.sm.wait_applied(w.index, timeout).await;
         Ok(Response::new(WaitAppliedResponse { applied_index: self.sm.applied_index() }))
     }
 
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
-        let p = req.into_inner();
-        self.check_cluster(&p.cluster_id)?;
+        self.check(&req.into_inner().cluster_id, None)?;
         Ok(Response::new(PingResponse {
-            node_id: self.proposer.node_id,
+            node_id: self.proposer.peers.node_id().0,
             applied_index: self.sm.applied_index(),
         }))
     }

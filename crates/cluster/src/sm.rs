@@ -1,15 +1,16 @@
 //! The state machine (`RaftStateMachine`): the replicated state in memory,
 //! rebuilt on start from the last snapshot plus the committed log.
 //!
-//! `apply` runs `ReplicatedState::apply` for each command and hands the
-//! effects to `LocalViews`, then publishes the applied index so that a
-//! node that proposed a command can wait until it is applied *here*
-//! before answering its client (SUBACK after the route exists locally).
+//! `apply` runs the broker's `ReplicatedState::apply` for each command and
+//! hands the resulting changes to the node's `LocalState` (the broker's
+//! one applier), then publishes the applied index so that a node that
+//! proposed a command can wait until it is applied *here* before
+//! answering its client (SUBACK after the route exists locally).
 //!
 //! Snapshots are the bincode encoding of the state, written to a file
 //! beside the database (fsync'd, then renamed) with its metadata in sled;
 //! openraft streams them to followers in chunks. Installing one replaces
-//! the state and rebuilds the local views.
+//! the state and rebuilds the node's local state from it.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -20,12 +21,12 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::state::ReplicatedState;
+use starling_broker::replicated::{LocalState, ReplicatedState};
+
 use crate::storage::Store;
 use crate::types::{
     BatchResult, Entry, LogId, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::views::LocalViews;
 
 const SNAPSHOT_META: &[u8] = b"current";
 
@@ -40,7 +41,7 @@ struct Inner {
 pub struct SmShared {
     inner: Mutex<Inner>,
     store: Store,
-    pub views: Arc<LocalViews>,
+    local: Arc<LocalState>,
     applied_tx: watch::Sender<u64>,
     snapshot_seq: std::sync::atomic::AtomicU64,
     /// Time spent applying entries (ns) and entries applied, for metrics.
@@ -100,13 +101,13 @@ struct StoredSnapshotMeta {
 
 impl StateMachine {
     /// Opens the state machine, loading the current snapshot if any.
-    pub fn open(store: Store, views: Arc<LocalViews>) -> Result<StateMachine, StorageError> {
+    pub fn open(store: Store, local: Arc<LocalState>) -> Result<StateMachine, StorageError> {
         let (applied_tx, _) = watch::channel(0);
         let sm = StateMachine {
             shared: Arc::new(SmShared {
                 inner: Mutex::new(Inner::default()),
                 store,
-                views,
+                local,
                 applied_tx,
                 snapshot_seq: std::sync::atomic::AtomicU64::new(0),
                 apply_nanos: std::sync::atomic::AtomicU64::new(0),
@@ -135,7 +136,7 @@ impl StateMachine {
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.state = state;
-            self.shared.views.rebuild(&inner.state);
+            self.shared.local.rebuild(&inner.state);
         }
         self.shared.applied_tx.send_replace(meta.last_log_id.map_or(0, |l| l.index));
         Ok(())
@@ -220,11 +221,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                     EntryPayload::Normal(batch) => {
                         let mut results = Vec::with_capacity(batch.commands.len());
-                        let mut effects = Vec::new();
+                        let mut changes = Vec::new();
                         for cmd in batch.commands {
-                            results.push(inner.state.apply(batch.time_ms, cmd, &mut effects));
+                            results.push(inner.state.apply(batch.time_ms, cmd, &mut changes));
                         }
-                        self.shared.views.apply(effects, &inner.state);
+                        // Under the lock: changes reach the views in log order.
+                        self.shared.local.apply(inner.state.time_ms(), changes);
                         replies.push(BatchResult(results));
                     }
                 }

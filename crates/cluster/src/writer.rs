@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::network::Channels;
-use crate::pb::peer::WriteRequest;
+use starling_broker::replicated::{wall_ms, Command, CommandResult};
+
+use crate::peer_client::PeerClient;
 use crate::sm::SmShared;
-use crate::types::{wall_ms, Batch, Command, CommandResult, NodeId, Raft};
+use crate::types::{Batch, NodeId, Raft};
 
 const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 512;
@@ -44,9 +45,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Proposer {
     pub raft: Raft,
-    pub node_id: NodeId,
-    pub channels: Channels,
-    pub cluster_id: Arc<parking_lot::Mutex<String>>,
+    pub peers: PeerClient,
     pub sm: Arc<SmShared>,
     pub timeout: Duration,
 }
@@ -63,7 +62,7 @@ impl Proposer {
         loop {
             let leader = self.raft.metrics().borrow().current_leader;
             match leader {
-                Some(l) if l == self.node_id => {
+                Some(l) if l == self.peers.node_id() => {
                     let batch = Batch { time_ms: wall_ms(), commands: commands.clone() };
                     match tokio::time::timeout_at(deadline.into(), self.raft.client_write(batch)).await {
                         Ok(Ok(resp)) => return Ok((resp.data.0, resp.log_id.index)),
@@ -90,11 +89,11 @@ impl Proposer {
                             r = self.forward(&addr, &commands, hops + 1, deadline) => match r {
                                 Ok(r) => return Ok(r),
                                 Err(e) => {
-                                    tracing::debug!(leader = l, error = %e, "forwarded write failed; retrying")
+                                    tracing::debug!(leader = %l, error = %e, "forwarded write failed; retrying")
                                 }
                             },
                             () = self.leader_moves_from(l) => {
-                                tracing::debug!(leader = l, "leadership moved while forwarding a write; retrying");
+                                tracing::debug!(leader = %l, "leadership moved while forwarding a write; retrying");
                             }
                         }
                     }
@@ -126,19 +125,8 @@ impl Proposer {
         hops: u32,
         deadline: Instant,
     ) -> Result<(Vec<CommandResult>, u64), WriteError> {
-        let mut client = self.channels.peer(addr).map_err(|e| WriteError::Failed(e.to_string()))?;
-        let data = bincode::serialize(commands).map_err(|e| WriteError::Failed(e.to_string()))?;
-        let mut req = tonic::Request::new(WriteRequest {
-            cluster_id: self.cluster_id.lock().clone(),
-            commands: data.into(),
-            hops,
-        });
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
-        let resp =
-            client.write(req).await.map_err(|s| WriteError::Failed(s.message().to_string()))?.into_inner();
-        let results: Vec<CommandResult> =
-            bincode::deserialize(&resp.results).map_err(|e| WriteError::Failed(e.to_string()))?;
-        Ok((results, resp.log_index))
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        self.peers.write(addr, commands, hops, left).await.map_err(|e| WriteError::Failed(e.to_string()))
     }
 }
 

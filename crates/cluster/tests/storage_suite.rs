@@ -7,14 +7,15 @@
 use std::sync::Arc;
 
 use openraft::testing::{StoreBuilder, Suite};
-use starling_broker::memory::Views;
+use starling_broker::auth::AuthService;
+use starling_broker::ids::NodeId;
 use starling_broker::metrics::Metrics;
+use starling_broker::replicated::LocalState;
 use starling_broker::session::SessionLimits;
 use starling_cluster::log_store::LogStore;
 use starling_cluster::sm::StateMachine;
 use starling_cluster::storage::Store;
 use starling_cluster::types::{StorageError, TypeConfig};
-use starling_cluster::views::LocalViews;
 use tempfile::TempDir;
 
 struct SledBuilder;
@@ -24,8 +25,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
         let dir = TempDir::new().expect("temp dir");
         let store = Store::open(dir.path(), 1).expect("open store");
         let limits = SessionLimits { max_queued: 100, queue_qos0_offline: false };
-        let views = Arc::new(LocalViews::new(1, Views::default(), limits, Arc::new(Metrics::default())));
-        let sm = StateMachine::open(store.clone(), views)?;
+        let auth = Arc::new(AuthService::new(Default::default()));
+        let local = Arc::new(LocalState::new(NodeId(1), auth, Arc::new(Metrics::default()), limits));
+        let sm = StateMachine::open(store.clone(), local)?;
         Ok((dir, LogStore::new(store), sm))
     }
 }

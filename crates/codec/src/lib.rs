@@ -12,6 +12,8 @@ mod error;
 pub mod properties;
 mod publish;
 mod reason;
+#[cfg(feature = "serde")]
+mod serde_impls;
 mod subscribe;
 mod types;
 pub mod wire;

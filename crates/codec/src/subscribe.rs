@@ -25,7 +25,7 @@ impl SubscriptionOptions {
         SubscriptionOptions { qos, ..Default::default() }
     }
 
-    fn decode(b: u8, version: ProtocolVersion) -> Result<SubscriptionOptions, DecodeError> {
+    pub(crate) fn decode(b: u8, version: ProtocolVersion) -> Result<SubscriptionOptions, DecodeError> {
         let qos = QoS::from_u8(b & 0x03).ok_or(DecodeError::Malformed("subscription QoS 3"))?;
         if !version.is_v5() {
             if b & 0xFC != 0 {

@@ -114,7 +114,7 @@ pub async fn run(
         http: advertised(&c.advertise_http, addrs.http),
     };
     let cluster_config = ClusterConfig {
-        node_id: config.node.id,
+        node_id: starling_broker::ids::NodeId(config.node.id),
         data_dir: config.node.data_dir.clone(),
         advertise,
         join: (!c.join.is_empty()).then(|| c.join.clone()),

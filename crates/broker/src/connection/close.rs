@@ -1,17 +1,17 @@
 //! How a connection ends, and what that means for its will and session.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant as StdInstant};
+use std::time::Duration;
 
 use starling_codec::{Disconnect, MqttStr, Packet, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{Conn, CLOSE_FLUSH_TIMEOUT};
-use crate::broker::Broker;
-use crate::ids::{ClientId, Epoch};
-use crate::port::Released;
-use crate::session::Session;
-use crate::will::PendingWill;
+use crate::replicated::WillOnRelease;
+
+/// A release that cannot be committed (no leader during an election) is
+/// tried this many times, `RELEASE_RETRY_DELAY` apart.
+const RELEASE_ATTEMPTS: u32 = 3;
+const RELEASE_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,102 +102,35 @@ where
         .await;
         metrics.connection_closed();
 
-        let now = StdInstant::now();
-        let will = if close.publishes_will() { self.will.take() } else { None };
-        let expiry = self.neg.session_expiry;
-        // A delayed will waits in the session; otherwise it goes now.
-        let (pending, immediate) = match will {
-            Some(w) if w.delay > 0 && expiry > 0 => (Some(PendingWill::new(w, now, expiry)), None),
-            Some(w) => (None, Some(w)),
-            None => (None, None),
+        // What becomes of the will and the session is a replicated
+        // decision (replicated/state.rs): the will goes out now or after its
+        // delay, a resumption cancels it, a session that ends publishes it.
+        let will = if close.publishes_will() && self.will.is_some() {
+            WillOnRelease::Publish
+        } else {
+            WillOnRelease::Discard
         };
-        let still_owner = self.session.detach(self.epoch, now, pending.clone());
-        if !still_owner {
-            // This connection may have taken a wake-up meant for its
-            // successor (they share the session's wake slot): pass it on.
+        if !self.session.detach(self.epoch) {
+            // Taken over: the claim that took the session decided about this
+            // connection's will. This connection may have taken a wake-up
+            // meant for its successor (they share the session's wake slot):
+            // pass it on.
             self.session.wake();
-            // Taken over. A delayed will is cancelled by the resumption,
-            // unless the new owner started clean (the session ended).
-            let publish = immediate.or_else(|| pending.filter(|_| self.session.is_ended()).map(|p| p.will));
-            if let Some(w) = publish {
-                self.broker.publish_will(self.session.client_id(), &w).await;
-            }
             return;
         }
-        if let Some(w) = &immediate {
-            self.broker.publish_will(self.session.client_id(), w).await;
-        }
-        match self.broker.port().release_session(self.session.client_id(), self.epoch, expiry).await {
-            Ok(Released::Ended) => {
-                self.session.mark_ended();
-                if let Some(p) = self.session.take_pending_will(Some(self.epoch)) {
-                    self.broker.publish_will(self.session.client_id(), &p.will).await;
+        let client = self.session.client_id().clone();
+        let expiry = self.neg.session_expiry;
+        for attempt in 1..=RELEASE_ATTEMPTS {
+            match self.broker.release_session(&client, self.epoch, expiry, will).await {
+                Ok(_) => return,
+                Err(e) if attempt < RELEASE_ATTEMPTS => {
+                    tracing::debug!(%client, error = %e, "session release not recorded yet; retrying");
+                    tokio::time::sleep(RELEASE_RETRY_DELAY).await;
                 }
-            }
-            Ok(Released::Kept) => {
-                if let Some(p) = pending {
-                    spawn_will_timer(
-                        self.broker.clone(),
-                        self.session.client_id().clone(),
-                        self.session.clone(),
-                        self.epoch,
-                        p,
-                    );
-                }
-                if expiry != u32::MAX {
-                    spawn_expiry_timer(
-                        self.broker.clone(),
-                        self.session.client_id().clone(),
-                        self.session.clone(),
-                        self.epoch,
-                        expiry,
-                    );
-                }
-            }
-            Ok(Released::NotOwner) => {}
-            Err(e) => {
-                tracing::warn!(client = %self.session.client_id(), error = %e, "session release not recorded");
+                // The session stays recorded as connected here: if this
+                // node is cut off, the majority resets it (wills included).
+                Err(e) => tracing::warn!(%client, error = %e, "session release not recorded"),
             }
         }
     }
-}
-
-/// Publishes a delayed will when its delay passes, unless the session was
-/// resumed (or the will already went out with the session's end).
-fn spawn_will_timer(broker: Broker, client: ClientId, session: Arc<Session>, epoch: Epoch, p: PendingWill) {
-    tokio::spawn(async move {
-        tokio::time::sleep_until(p.publish_at.into()).await;
-        if let Some(p) = session.take_pending_will(Some(epoch)) {
-            broker.publish_will(&client, &p.will).await;
-        }
-    });
-}
-
-/// Ends a disconnected session when its expiry interval passes, unless a
-/// connection resumed it meanwhile.
-pub(crate) fn spawn_expiry_timer(
-    broker: Broker,
-    client: ClientId,
-    session: Arc<Session>,
-    epoch: Epoch,
-    secs: u32,
-) {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
-        if session.offline_since(epoch).is_none() {
-            return;
-        }
-        match broker.port().expire_session(&client, epoch).await {
-            Ok(true) => {
-                session.mark_ended();
-                broker.metrics().sessions_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(client = %client, "session expired");
-                if let Some(p) = session.take_pending_will(Some(epoch)) {
-                    broker.publish_will(&client, &p.will).await;
-                }
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(client = %client, error = %e, "session expiry not recorded"),
-        }
-    });
 }

@@ -15,7 +15,9 @@ use super::{Conn, ConnectionInfo, Negotiated, RateLimiter};
 use crate::auth::{Action, AuthOutcome, Credentials};
 use crate::broker::Broker;
 use crate::ids::ClientId;
-use crate::port::{PortError, SessionClaim};
+use crate::ops::SessionClaim;
+use crate::port::PortError;
+use crate::replicated::WillOnRelease;
 use crate::topic::validate_topic_name;
 use crate::will::WillSpec;
 
@@ -235,27 +237,20 @@ where
         clean_start: connect.clean_start,
         expiry_interval: session_expiry,
         runtime: runtime.clone(),
-        will: will.as_deref().cloned(),
+        will: will.clone(),
     };
-    let outcome = match broker.port().claim_session(claim).await {
-        Ok(o) => o,
+    let session_present = match broker.claim_session(claim).await {
+        Ok(present) => present,
         Err(PortError::Unavailable(why)) => refuse!(ReasonCode::SERVER_UNAVAILABLE, why),
         Err(e) => refuse!(ReasonCode::UNSPECIFIED_ERROR, e.to_string()),
     };
-    if let Some(old) = outcome.discarded {
-        old.mark_ended();
-        if let Some(w) = old.take_pending_will(None) {
-            broker.publish_will(&client_id, &w.will).await;
-        }
-    }
-    let (resend, kick_seen) = runtime.attach(epoch, session_expiry);
+    let (resend, kick_seen) = runtime.attach(epoch);
     if broker.is_shutting_down() {
         // Shutdown began while we were claiming: close right after CONNACK.
         runtime.kick(Some(epoch), ReasonCode::SERVER_SHUTTING_DOWN);
     }
 
-    let mut ack =
-        ConnAck { session_present: outcome.session_present, code: 0, properties: Properties::default() };
+    let mut ack = ConnAck { session_present, code: 0, properties: Properties::default() };
     if v5 {
         let p = &mut ack.properties;
         p.assigned_client_identifier = assigned.map(MqttStr::from);
@@ -278,8 +273,8 @@ where
         return None;
     }
     if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
-        runtime.detach(epoch, std::time::Instant::now(), None);
-        let _ = broker.port().release_session(&client_id, epoch, session_expiry).await;
+        runtime.detach(epoch);
+        let _ = broker.release_session(&client_id, epoch, session_expiry, WillOnRelease::Publish).await;
         return None;
     }
     broker.metrics().bytes_sent.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -287,7 +282,7 @@ where
     broker.metrics().connection_opened();
     tracing::debug!(
         peer = %info.peer, transport = info.transport, client = %client_id, %version,
-        clean_start = connect.clean_start, session_present = outcome.session_present, "client connected"
+        clean_start = connect.clean_start, session_present, "client connected"
     );
 
     let neg = Negotiated {

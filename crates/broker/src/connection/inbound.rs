@@ -12,7 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{Close, Conn, PendingAck};
 use crate::auth::Action;
 use crate::message::{Delivery, Message, MessageProperties};
-use crate::port::{PortError, SubscribeRequest};
+use crate::ops::SubscribeRequest;
+use crate::port::PortError;
 use crate::session::Qos2Begin;
 use crate::topic::{validate_topic_name, TopicFilter};
 
@@ -30,7 +31,6 @@ fn port_close(e: PortError) -> Close {
         PortError::Unavailable(why) => {
             Close::Protocol(ReasonCode::SERVER_UNAVAILABLE, format!("replicated state unavailable: {why}"))
         }
-        PortError::Quota(why) => Close::Protocol(ReasonCode::QUOTA_EXCEEDED, why),
     }
 }
 
@@ -337,7 +337,11 @@ where
         let sub_id = s.properties.subscription_identifier;
         let max_subs = self.broker.config().max_subscriptions_per_client;
         let mut held: std::collections::HashSet<String> = if max_subs > 0 {
-            self.broker.port().subscription_filters(self.session.client_id()).into_iter().collect()
+            self.broker
+                .subscription_filters(self.session.client_id())
+                .iter()
+                .map(|f| f.as_str().to_string())
+                .collect()
         } else {
             Default::default()
         };
@@ -380,20 +384,13 @@ where
         let mut existed = vec![false; s.filters.len()];
         if !requests.is_empty() {
             let reqs: Vec<SubscribeRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
-            match self.broker.port().subscribe(self.session.client_id(), self.epoch, reqs).await {
-                Ok(e) => {
-                    for ((i, _), ex) in requests.iter().zip(e) {
-                        existed[*i] = ex;
-                    }
-                }
-                Err(PortError::Quota(why)) => {
-                    tracing::info!(client = %self.session.client_id(), %why, "subscription refused");
-                    for (i, _) in &requests {
-                        codes[*i] = failure(ReasonCode::QUOTA_EXCEEDED);
-                    }
-                    requests.clear();
-                }
-                Err(e) => return Err(port_close(e)),
+            let e = self
+                .broker
+                .subscribe(self.session.client_id(), self.epoch, reqs)
+                .await
+                .map_err(port_close)?;
+            for ((i, _), ex) in requests.iter().zip(e) {
+                existed[*i] = ex;
             }
         }
         self.write_packet(&Packet::SubAck(SubAck {
@@ -435,7 +432,6 @@ where
             let filters = valid.iter().map(|(_, f)| f.clone()).collect();
             let existed = self
                 .broker
-                .port()
                 .unsubscribe(self.session.client_id(), self.epoch, filters)
                 .await
                 .map_err(port_close)?;
@@ -463,7 +459,6 @@ where
                 );
             }
             self.neg.session_expiry = new.min(self.broker.config().max_session_expiry_secs);
-            self.session.set_expiry_interval(self.neg.session_expiry);
         }
         if d.reason == ReasonCode::DISCONNECT_WITH_WILL {
             Close::ClientWithWill

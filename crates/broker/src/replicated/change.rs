@@ -1,0 +1,69 @@
+//! `StateChange`: what an applied command means for the nodes' local
+//! state. `ReplicatedState::apply` emits them in order; every node hands
+//! them to its `LocalState` (applier.rs), which alone decides what they do
+//! to its sessions, routes, retained view, wills and auth data.
+//!
+//! Each change is self-contained (ids, filters, messages), so the applier
+//! never reads the replicated state back.
+
+use std::collections::BTreeMap;
+
+use starling_codec::MqttStr;
+
+use crate::auth::AclRule;
+use crate::ids::{ClientId, Epoch, NodeId};
+use crate::replicated::records::{StoredMessage, Subscription};
+use crate::topic::TopicFilter;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateChange {
+    /// Connection `epoch` (on node `epoch.node`) now owns `client`. A
+    /// connection that was still live (`taken_over`) must close with
+    /// "session taken over". `filters`: the subscriptions the session
+    /// kept (resumed), whose routes now lead to the new owner.
+    SessionClaimed {
+        client: ClientId,
+        epoch: Epoch,
+        taken_over: Option<Epoch>,
+        filters: Vec<TopicFilter>,
+    },
+    /// The session changed hands without a connection (its node was
+    /// reset): `owner` queues for it now (`None`: nobody). A connection
+    /// that was still live on the reset node (`orphaned`) must close with
+    /// "use another server"; its client resumes elsewhere.
+    SessionAdopted {
+        client: ClientId,
+        owner: Option<NodeId>,
+        orphaned: Option<Epoch>,
+        filters: Vec<TopicFilter>,
+    },
+    /// The session no longer exists (expiry 0 release, clean start,
+    /// expiry, node reset of a clean session).
+    SessionEnded {
+        client: ClientId,
+        expired: bool,
+    },
+    SubscriptionAdded {
+        client: ClientId,
+        owner: Option<NodeId>,
+        filter: TopicFilter,
+        subscription: Subscription,
+    },
+    SubscriptionRemoved {
+        client: ClientId,
+        filter: TopicFilter,
+    },
+    RetainedSet {
+        topic: MqttStr,
+        message: Option<StoredMessage>,
+    },
+    /// A will goes out: every node delivers it to its own subscribers.
+    /// `counted_by` is the node that counts it in its metrics (the
+    /// session's owner, or the node that adopted a dead node's sessions).
+    WillPublished {
+        message: StoredMessage,
+        counted_by: Option<NodeId>,
+    },
+    UsersChanged(BTreeMap<String, String>),
+    AclChanged(Vec<AclRule>),
+}

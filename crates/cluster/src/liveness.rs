@@ -1,0 +1,187 @@
+//! `Liveness`: the duties that keep the replicated state true to what
+//! is alive and to the passing of time.
+//!
+//! - After a (re)start, the node's own reset: whatever connections it had
+//!   are gone (wills, clean sessions, routes); then it becomes ready.
+//! - On the leader, every `PING_EVERY`: ping the members, declare one
+//!   unreachable for `node_down_after` down (its sessions reset, wills
+//!   published) and bring a returning one back.
+//! - On the leader, every `TICK_EVERY`: propose `Command::Tick` once the
+//!   state's next delayed will or session expiry is due. This is the only
+//!   clock in the cluster's session handling: no timer per session, and
+//!   every decision on replicated (leader-stamped) time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use starling_broker::replicated::{wall_ms, Command};
+use tokio::sync::watch;
+
+use crate::membership::Membership;
+use crate::peer_client::PeerClient;
+use crate::readiness::Readiness;
+use crate::sm::SmShared;
+use crate::types::{NodeId, Raft};
+use crate::writer::Proposer;
+
+const PING_EVERY: Duration = Duration::from_millis(500);
+/// A delayed will or an expiry fires at most this late (plus a commit).
+const TICK_EVERY: Duration = Duration::from_millis(100);
+
+pub struct Liveness {
+    raft: Raft,
+    sm: Arc<SmShared>,
+    proposer: Proposer,
+    peers: PeerClient,
+    membership: Arc<Membership>,
+    readiness: Arc<Readiness>,
+    /// A member unreachable this long is declared down.
+    node_down_after: Duration,
+    /// The leader's view of when each member last answered a ping.
+    last_seen: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Liveness {
+    pub fn new(
+        raft: Raft,
+        sm: Arc<SmShared>,
+        proposer: Proposer,
+        membership: Arc<Membership>,
+        readiness: Arc<Readiness>,
+        node_down_after: Duration,
+    ) -> Liveness {
+        let peers = proposer.peers.clone();
+        Liveness {
+            raft,
+            sm,
+            proposer,
+            peers,
+            membership,
+            readiness,
+            node_down_after,
+            last_seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn me(&self) -> NodeId {
+        self.peers.node_id()
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.me())
+    }
+
+    /// Whether member `node` answers a ping now.
+    pub async fn ping(&self, node: NodeId) -> bool {
+        match self.sm.member_addr(node) {
+            Some(addr) => self.peers.ping(&addr).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Once a leader is reachable: commit this node's reset, then ready.
+    pub async fn startup_reset(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if self.membership.members().contains_key(&self.me()) {
+                let cmds = vec![
+                    Command::NodeReset { node: self.me(), adopter: Some(self.me()) },
+                    Command::SetLiveness { node: self.me(), alive: true },
+                ];
+                match self.proposer.propose(cmds, 0).await {
+                    Ok((_, index)) if self.sm.wait_applied(index, Duration::from_secs(10)).await => {
+                        self.readiness.reset_done();
+                        tracing::info!(node = %self.me(), "node ready");
+                        return;
+                    }
+                    Ok(_) => tracing::debug!("startup reset committed but not applied yet; retrying"),
+                    Err(e) => tracing::debug!(error = %e, "startup reset not committed yet; retrying"),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// On the leader: liveness of the members.
+    pub async fn watch_members(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(PING_EVERY);
+        let mut was_leader = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if !self.is_leader() {
+                was_leader = false;
+                continue;
+            }
+            let peers = self.membership.peers();
+            if !was_leader {
+                // A new leader gives everyone a fresh grace period.
+                let now = Instant::now();
+                *self.last_seen.lock() = peers.iter().map(|(id, _)| (*id, now)).collect();
+                was_leader = true;
+            }
+            let client = &self.peers;
+            let pings = peers.iter().map(|(id, addr)| async move { (*id, client.ping(addr).await.is_ok()) });
+            let answers = futures_util::future::join_all(pings).await;
+            let cmds = self.verdicts(answers);
+            if !cmds.is_empty() {
+                if let Err(e) = self.proposer.propose(cmds, 0).await {
+                    tracing::debug!(error = %e, "liveness changes not committed");
+                }
+            }
+        }
+    }
+
+    /// The liveness commands that ping `answers` call for.
+    fn verdicts(&self, answers: Vec<(NodeId, bool)>) -> Vec<Command> {
+        let down = self.sm.with_state(|s| s.down().clone());
+        let mut cmds = Vec::new();
+        if down.contains(&self.me()) {
+            // Declared down while cut off; leading again proves otherwise.
+            cmds.push(Command::SetLiveness { node: self.me(), alive: true });
+        }
+        let now = Instant::now();
+        let mut seen = self.last_seen.lock();
+        for (id, ok) in answers {
+            if ok {
+                seen.insert(id, now);
+                if down.contains(&id) {
+                    tracing::info!(node = %id, "node reachable again");
+                    cmds.push(Command::SetLiveness { node: id, alive: true });
+                }
+                continue;
+            }
+            let last = *seen.entry(id).or_insert(now);
+            if last.elapsed() >= self.node_down_after && !down.contains(&id) {
+                tracing::warn!(node = %id, after = ?self.node_down_after, "node unreachable; marking it down");
+                cmds.push(Command::SetLiveness { node: id, alive: false });
+                cmds.push(Command::NodeReset { node: id, adopter: Some(self.me()) });
+            }
+        }
+        cmds
+    }
+
+    /// On the leader: the cluster's clock for delayed wills and expiry.
+    pub async fn keep_time(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(TICK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let due = self.sm.with_state(|s| s.next_due_ms()).is_some_and(|t| t <= wall_ms());
+            if due && self.is_leader() {
+                if let Err(e) = self.proposer.propose(vec![Command::Tick], 0).await {
+                    tracing::debug!(error = %e, "tick not committed");
+                }
+            }
+        }
+    }
+}
