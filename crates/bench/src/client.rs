@@ -36,7 +36,7 @@ pub async fn open(addr: SocketAddr, transport: Transport) -> anyhow::Result<BoxS
             let mut req = format!("ws://{addr}/mqtt").into_client_request()?;
             req.headers_mut().insert("sec-websocket-protocol", "mqtt".parse()?);
             let (ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
-            Ok(Box::pin(starling_server::ws::WsStream::new(ws)))
+            Ok(Box::pin(starling_ws::WsStream::new(ws)))
         }
     }
 }

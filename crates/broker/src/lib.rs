@@ -12,6 +12,8 @@
 pub mod auth;
 mod broker;
 pub mod config;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod connection;
 pub mod deadlines;
 pub mod forward;

@@ -73,3 +73,22 @@ impl StatePort for MemoryPort {
         f(&self.state.lock())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::conformance::{run_all, Harness};
+    use crate::Broker;
+
+    struct OneProcess(Broker);
+
+    impl Harness for OneProcess {
+        fn brokers(&self) -> Vec<Broker> {
+            vec![self.0.clone()]
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_port_conforms() {
+        run_all(&OneProcess(Broker::in_memory(Default::default()))).await;
+    }
+}

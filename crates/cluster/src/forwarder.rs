@@ -29,8 +29,9 @@ use starling_broker::forward::{AckWaiter, Forwarder, RemotePlan, SharedTarget};
 use starling_broker::message::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 
-use crate::pb::peer::{ForwardBatch, ForwardedMessage};
+use crate::pb::peer::{ForwardAck, ForwardBatch, ForwardedMessage};
 use crate::peer_client::PeerClient;
 use crate::types::NodeId;
 use crate::wire::{encode_message, encode_shared};
@@ -207,99 +208,135 @@ fn batch_of(items: &[Item], peers: &PeerClient, seq: u64) -> ForwardBatch {
     }
 }
 
+/// One peer's sending side: the queue it drains, batch numbering, and
+/// the batches a broken stream left unacknowledged.
+struct LinkTask {
+    peer: NodeId,
+    addr: String,
+    peers: PeerClient,
+    rx: mpsc::Receiver<Item>,
+    stats: Arc<LinkStats>,
+    seq: u64,
+    /// Sent on a stream that broke before acknowledging them.
+    resend: VecDeque<Vec<Item>>,
+}
+
+/// How a stream ended.
+enum Ended {
+    /// Broken, or the peer was declared down: reconnect (or drop).
+    Broken(VecDeque<(u64, Vec<Item>)>),
+    /// The forwarder dropped the link.
+    Closed,
+}
+
 async fn run_link(
     peer: NodeId,
     addr: String,
     peers: PeerClient,
-    mut rx: mpsc::Receiver<Item>,
+    rx: mpsc::Receiver<Item>,
     stats: Arc<LinkStats>,
 ) {
-    let mut seq: u64 = 0;
-    // Sent on a stream that broke before acknowledging them.
-    let mut resend: VecDeque<Vec<Item>> = VecDeque::new();
-    loop {
-        if stats.down.load(Ordering::Relaxed) {
-            // Declared down: release everything that waits for it.
-            let mut dropped = resend.drain(..).map(|b| b.len()).sum::<usize>();
-            while let Ok(item) = rx.try_recv() {
-                dropped += 1;
-                drop(item);
-            }
-            stats.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
-            tokio::time::sleep(RECONNECT_DELAY).await;
-            continue;
-        }
-        let (btx, brx) = mpsc::channel::<ForwardBatch>(64);
-        let opened = peers.open_forward(&addr, ReceiverStream::new(brx)).await;
-        let mut acks = match opened {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(%peer, %addr, error = %e, "forward stream not open; retrying");
-                stats.connected.store(false, Ordering::Relaxed);
+    let task = LinkTask { peer, addr, peers, rx, stats, seq: 0, resend: VecDeque::new() };
+    task.run().await
+}
+
+impl LinkTask {
+    async fn run(mut self) {
+        loop {
+            if self.stats.down.load(Ordering::Relaxed) {
+                self.release_all();
                 tokio::time::sleep(RECONNECT_DELAY).await;
                 continue;
             }
-        };
-        if !stats.connected.swap(true, Ordering::Relaxed) {
-            tracing::info!(%peer, %addr, "forward stream open");
+            let (btx, brx) = mpsc::channel::<ForwardBatch>(64);
+            let acks = match self.peers.open_forward(&self.addr, ReceiverStream::new(brx)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, addr = %self.addr, error = %e, "forward stream not open; retrying");
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    tokio::time::sleep(RECONNECT_DELAY).await;
+                    continue;
+                }
+            };
+            if !self.stats.connected.swap(true, Ordering::Relaxed) {
+                tracing::info!(peer = %self.peer, addr = %self.addr, "forward stream open");
+            }
+            let Ended::Broken(unacked) = self.stream(btx, acks).await else { return };
+            // Unacknowledged batches go again, before anything newer.
+            let pending = unacked.len();
+            for (_, items) in unacked.into_iter().rev() {
+                self.resend.push_front(items);
+            }
+            self.stats.connected.store(false, Ordering::Relaxed);
+            tracing::info!(peer = %self.peer, addr = %self.addr, unacknowledged_batches = pending, "forward stream closed");
+            tokio::time::sleep(RECONNECT_DELAY).await;
         }
+    }
+
+    /// Declared down: releases everything that waits for the peer.
+    fn release_all(&mut self) {
+        let mut dropped = self.resend.drain(..).map(|b| b.len()).sum::<usize>();
+        while let Ok(item) = self.rx.try_recv() {
+            dropped += 1;
+            drop(item);
+        }
+        self.stats.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+
+    /// Sends batches on an open stream (what must be resent first) and
+    /// reads their acknowledgements until it breaks.
+    async fn stream(&mut self, btx: mpsc::Sender<ForwardBatch>, mut acks: Streaming<ForwardAck>) -> Ended {
         let mut unacked: VecDeque<(u64, Vec<Item>)> = VecDeque::new();
-        let mut broken = false;
-        while let Some(items) = resend.pop_front() {
-            seq += 1;
-            if btx.send(batch_of(&items, &peers, seq)).await.is_err() {
-                resend.push_front(items);
-                broken = true;
-                break;
+        while let Some(items) = self.resend.pop_front() {
+            self.seq += 1;
+            if btx.send(batch_of(&items, &self.peers, self.seq)).await.is_err() {
+                self.resend.push_front(items);
+                return Ended::Broken(unacked);
             }
-            unacked.push_back((seq, items));
+            unacked.push_back((self.seq, items));
         }
-        while !broken {
+        loop {
             tokio::select! {
-                first = rx.recv(), if unacked.len() < UNACKED_BATCHES => {
-                    let Some(first) = first else { return };
-                    let mut items = vec![first];
-                    let mut bytes = items[0].msg.payload.len();
-                    while items.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
-                        match rx.try_recv() {
-                            Ok(i) => {
-                                bytes += i.msg.payload.len();
-                                items.push(i);
-                            }
-                            Err(_) => break,
+                first = self.rx.recv(), if unacked.len() < UNACKED_BATCHES => {
+                    let Some(first) = first else { return Ended::Closed };
+                    let items = self.batch_from(first);
+                    self.seq += 1;
+                    if btx.send(batch_of(&items, &self.peers, self.seq)).await.is_err() {
+                        self.resend.push_back(items);
+                        return Ended::Broken(unacked);
+                    }
+                    unacked.push_back((self.seq, items));
+                }
+                ack = acks.message() => match ack {
+                    Ok(Some(a)) => {
+                        while unacked.front().is_some_and(|(s, _)| *s <= a.seq) {
+                            unacked.pop_front();
                         }
                     }
-                    seq += 1;
-                    stats.messages.fetch_add(items.len() as u64, Ordering::Relaxed);
-                    stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    if btx.send(batch_of(&items, &peers, seq)).await.is_err() {
-                        resend.push_back(items);
-                        break;
-                    }
-                    unacked.push_back((seq, items));
-                }
-                ack = acks.message() => {
-                    match ack {
-                        Ok(Some(a)) => {
-                            while unacked.front().is_some_and(|(s, _)| *s <= a.seq) {
-                                unacked.pop_front();
-                            }
-                        }
-                        Ok(None) | Err(_) => broken = true,
-                    }
-                }
-                _ = tokio::time::sleep(Duration::from_millis(200)), if stats.down.load(Ordering::Relaxed) => {
-                    broken = true;
+                    Ok(None) | Err(_) => return Ended::Broken(unacked),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(200)), if self.stats.down.load(Ordering::Relaxed) => {
+                    return Ended::Broken(unacked);
                 }
             }
         }
-        // Unacknowledged batches go again, before anything newer.
-        let pending = unacked.len();
-        for (_, items) in unacked.into_iter().rev() {
-            resend.push_front(items);
+    }
+
+    /// `first` and whatever else is queued, up to a batch's bounds.
+    fn batch_from(&mut self, first: Item) -> Vec<Item> {
+        let mut bytes = first.msg.payload.len();
+        let mut items = vec![first];
+        while items.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
+            match self.rx.try_recv() {
+                Ok(i) => {
+                    bytes += i.msg.payload.len();
+                    items.push(i);
+                }
+                Err(_) => break,
+            }
         }
-        stats.connected.store(false, Ordering::Relaxed);
-        tracing::info!(%peer, %addr, unacknowledged_batches = pending, "forward stream closed");
-        tokio::time::sleep(RECONNECT_DELAY).await;
+        self.stats.messages.fetch_add(items.len() as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        items
     }
 }

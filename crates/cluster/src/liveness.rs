@@ -92,7 +92,10 @@ impl Liveness {
                 match self.proposer.propose(cmds, 0).await {
                     Ok((_, index)) if self.sm.wait_applied(index, Duration::from_secs(10)).await => {
                         self.readiness.reset_done();
-                        tracing::info!(node = %self.me(), "node ready");
+                        let m = self.raft.metrics().borrow().clone();
+                        let role = if m.current_leader == Some(self.me()) { "leader" } else { "follower" };
+                        let leader = m.current_leader.map_or_else(|| "none".to_string(), |l| l.to_string());
+                        tracing::info!(node = %self.me(), %role, %leader, "ready");
                         return;
                     }
                     Ok(_) => tracing::debug!("startup reset committed but not applied yet; retrying"),

@@ -72,6 +72,7 @@ impl Membership {
         match (&self.join, have_cluster) {
             (Some(join), true) => {
                 self.check_join_address(join).await?;
+                self.log_member();
                 Ok(())
             }
             (Some(join), false) => self.join(join).await,
@@ -79,6 +80,7 @@ impl Membership {
                 if !self.raft.is_initialized().await? && self.bootstrap {
                     self.initialize().await?;
                 }
+                self.log_member();
                 Ok(())
             }
             (None, false) if self.bootstrap => {
@@ -93,6 +95,11 @@ impl Membership {
                 Ok(())
             }
         }
+    }
+
+    fn log_member(&self) {
+        let members = self.members().len();
+        tracing::info!(cluster = %self.peers.cluster_id().get(), node = %self.node_id, members, "member of an existing cluster");
     }
 
     /// A member restarting with `--join`: make sure the address is of

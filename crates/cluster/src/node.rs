@@ -184,15 +184,18 @@ impl ClusterNode {
         });
         node.serve_grpc(grpc, shutdown.clone())?;
         node.membership.bootstrap_or_join().await?;
-        tokio::spawn(node.membership.clone().follow(
-            node.forwarder.clone(),
-            node.sm.clone(),
-            shutdown.clone(),
-        ));
-        tokio::spawn(node.liveness.clone().startup_reset(shutdown.clone()));
-        tokio::spawn(node.liveness.clone().watch_members(shutdown.clone()));
-        tokio::spawn(node.liveness.clone().keep_time(shutdown));
+        node.spawn_duties(shutdown);
         Ok(node)
+    }
+
+    /// Following the membership, the startup reset, liveness and the
+    /// clock, until `stop`.
+    fn spawn_duties(&self, stop: watch::Receiver<bool>) {
+        let follow = self.membership.clone().follow(self.forwarder.clone(), self.sm.clone(), stop.clone());
+        tokio::spawn(follow);
+        tokio::spawn(self.liveness.clone().startup_reset(stop.clone()));
+        tokio::spawn(self.liveness.clone().watch_members(stop.clone()));
+        tokio::spawn(self.liveness.clone().keep_time(stop));
     }
 
     /// Serves the peer and admin services on `grpc` until `stop`.

@@ -226,14 +226,22 @@ impl ServeArgs {
     }
 }
 
+/// The log filter: `RUST_LOG` if set, else `-v` (debug) / `-vv` (trace),
+/// else `log.level`. openraft's own state dumps stay at warn unless the
+/// filter names openraft or asks for trace (`-vv`); `-v` shows its info.
+fn log_filter(verbose: u8, level: &str) -> String {
+    match verbose {
+        0 if level.contains("openraft") => level.to_string(),
+        0 => format!("{level},openraft=warn"),
+        1 => "debug,openraft=info".to_string(),
+        _ => "trace".to_string(),
+    }
+}
+
 fn init_logging(verbose: u8, default_level: &str) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::new(v),
-        _ => EnvFilter::new(match verbose {
-            0 => default_level,
-            1 => "debug",
-            _ => "trace",
-        }),
+        _ => EnvFilter::new(log_filter(verbose, default_level)),
     };
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
@@ -410,5 +418,18 @@ fn main() -> ExitCode {
                 AclCommand::List => admin::acl_list(&server).await,
             }
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn openraft_stays_quiet_unless_asked() {
+        assert_eq!(log_filter(0, "info"), "info,openraft=warn");
+        assert_eq!(log_filter(0, "info,openraft=debug"), "info,openraft=debug");
+        assert_eq!(log_filter(1, "info"), "debug,openraft=info");
+        assert_eq!(log_filter(2, "info"), "trace");
     }
 }
