@@ -40,6 +40,47 @@ async fn subscribe_then_publish_elsewhere_is_never_lost() {
     }
 }
 
+/// A subscription is in force on the node that read the SUBSCRIBE before
+/// its SUBACK, which waits for the cluster-wide commit: a message another
+/// client publishes through that node in between is delivered (the Paho
+/// 5.0 suite's test_request_response and test_subscribe_options do this).
+/// With the leader frozen, the commit waits for a new election, so only a
+/// subscription in force before it can deliver the message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_is_live_on_its_node_before_the_suback() {
+    let c = Cluster::start(3).await;
+    let leader = c.status(1)["leader"].as_u64().expect("a leader");
+    let f = (1..=3).find(|n| *n != leader).expect("a follower");
+    let (mut sub, _) = RawClient::connect(c.node(f).mqtt, V5, "early-sub", true).await;
+    let (mut publisher, _) = RawClient::connect(c.node(f).mqtt, V5, "early-pub", true).await;
+    c.freeze(leader);
+    let filters = vec![("early/t".into(), starling_codec::SubscriptionOptions::new(QoS::AtLeastOnce))];
+    sub.send(&Packet::Subscribe(starling_codec::Subscribe {
+        packet_id: 7,
+        properties: Default::default(),
+        filters,
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publisher.publish("early/t", b"before the suback", QoS::AtMostOnce, false, 0).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match sub.recv_within(Duration::from_secs(15)).await {
+            Ok(Some(p)) => got.push(p),
+            other => panic!("after {got:?}: {other:?}\n{}", c.logs()),
+        }
+    }
+    c.thaw(leader);
+    match &got[0] {
+        Packet::SubAck(a) => assert_eq!((a.packet_id, a.reason_codes[0]), (7, ReasonCode(1))),
+        other => panic!("expected the SUBACK first, got {other:?}"),
+    }
+    match &got[1] {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"before the suback"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+}
+
 /// 2. The retained message set on one node is what a subscriber on any
 /// node gets; a clear is never undone.
 #[tokio::test(flavor = "multi_thread")]

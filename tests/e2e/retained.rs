@@ -70,3 +70,30 @@ async fn retain_handling_0_1_2() {
     s.subscribe_with(4, vec![("rh/+", opts(0))], Properties::default()).await;
     assert_eq!(&s.recv_publish().await.payload[..], b"kept");
 }
+
+/// A subscription is in force as soon as its SUBSCRIBE is read, but the
+/// retained message still comes before any live message on the topic
+/// published after it: a publisher streaming live messages while others
+/// subscribe never overtakes the retained one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_comes_before_newer_live_messages() {
+    let server = TestServer::start().await;
+    let (mut p, _) = RawClient::connect(server.mqtt, V311, "order-pub", true).await;
+    p.publish("order/t", b"retained", QoS::AtLeastOnce, true, 1).await;
+    p.recv().await;
+    let streaming = tokio::spawn(async move {
+        for _ in 0..4000 {
+            p.publish("order/t", b"live", QoS::AtMostOnce, false, 0).await;
+            tokio::task::yield_now().await;
+        }
+        p
+    });
+    for round in 0..20 {
+        let (mut s, _) = RawClient::connect(server.mqtt, V311, &format!("order-sub-{round}"), true).await;
+        s.subscribe(1, "order/t", QoS::AtMostOnce).await;
+        let first = s.recv_publish().await;
+        assert_eq!((&first.payload[..], first.retain), (&b"retained"[..], true), "round {round}");
+        s.disconnect().await;
+    }
+    streaming.await.unwrap().disconnect().await;
+}

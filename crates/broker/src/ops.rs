@@ -10,9 +10,10 @@ use starling_codec::SubscriptionOptions;
 
 use crate::broker::Broker;
 use crate::ids::{ClientId, Epoch};
-use crate::message::Message;
+use crate::message::{Delivery, Message};
 use crate::port::PortError;
 use crate::replicated::{expires_in_ms, Command, CommandResult, StoredMessage, Subscription, WillOnRelease};
+use crate::routes::{Route, RouteTarget};
 use crate::session::Session;
 use crate::topic::TopicFilter;
 use crate::will::WillSpec;
@@ -145,6 +146,58 @@ impl Broker {
         };
         let cmd = Command::SetRetained { topic: msg.topic.clone(), message, expires_in_ms };
         self.inner.port.commit(cmd).await.map(|_| ())
+    }
+
+    /// Puts `subs` in force on this node at once, for `runtime`, with their
+    /// retained messages queued first (per retain handling), so that no
+    /// newer live message on the same topic overtakes them. A client that
+    /// subscribes and then has another connection publish through this
+    /// node expects delivery even before its SUBACK; the replicated
+    /// subscribe that follows installs the same routes on every node (and
+    /// the SUBACK waits for that), or, if it fails, `take_back` undoes
+    /// these. Returns, per request, whether the subscription existed.
+    pub(crate) fn subscribe_here(&self, runtime: &Arc<Session>, subs: &[SubscribeRequest]) -> Vec<bool> {
+        let client = runtime.client_id();
+        let mut existed = vec![false; subs.len()];
+        self.inner.port.read(&mut |s| {
+            if let Some(r) = s.session(client) {
+                for (e, sub) in existed.iter_mut().zip(subs) {
+                    *e = r.subscriptions.contains_key(&sub.filter);
+                }
+            }
+        });
+        for (sub, existed) in subs.iter().zip(&existed) {
+            let rh = sub.options.retain_handling;
+            if !(sub.filter.is_shared() || rh == 2 || (rh == 1 && *existed)) {
+                for m in self.retained_matching(sub.filter.filter()) {
+                    runtime.enqueue(Delivery {
+                        qos: m.qos.min(sub.options.qos),
+                        message: m,
+                        retain: true,
+                        subscription_ids: sub.subscription_id.into_iter().collect(),
+                    });
+                }
+            }
+            let route = Route {
+                client: client.clone(),
+                options: sub.options,
+                subscription_id: sub.subscription_id,
+                target: RouteTarget::Local(runtime.clone()),
+            };
+            self.inner.views.routes.insert(&sub.filter, route);
+        }
+        existed
+    }
+
+    /// Undoes `subscribe_here` after the replicated subscribe failed: each
+    /// route is again what the applied state says.
+    pub(crate) fn take_back(&self, client: &ClientId, subs: &[SubscribeRequest]) {
+        let local = &self.inner.local;
+        self.inner.port.read(&mut |s| {
+            for sub in subs {
+                local.restore_route(s.session(client), client, &sub.filter);
+            }
+        });
     }
 
     /// The filters `client` is subscribed to, as applied on this node.

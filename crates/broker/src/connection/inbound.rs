@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Conn, PendingAck};
 use crate::auth::Action;
-use crate::message::{Delivery, Message, MessageProperties};
+use crate::message::{Message, MessageProperties};
 use crate::ops::SubscribeRequest;
 use crate::port::PortError;
 use crate::session::Qos2Begin;
@@ -381,16 +381,23 @@ where
                 Err(_) => codes.push(failure(ReasonCode::TOPIC_FILTER_INVALID)),
             }
         }
-        let mut existed = vec![false; s.filters.len()];
         if !requests.is_empty() {
             let reqs: Vec<SubscribeRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
-            let e = self
-                .broker
-                .subscribe(self.session.client_id(), self.epoch, reqs)
-                .await
-                .map_err(port_close)?;
-            for ((i, _), ex) in requests.iter().zip(e) {
-                existed[*i] = ex;
+            let client = self.session.client_id().clone();
+            self.broker.subscribe_here(&self.session, &reqs);
+            match self.broker.subscribe(&client, self.epoch, reqs.clone()).await {
+                Ok(_) => {}
+                Err(PortError::Unavailable(why)) => {
+                    self.broker.take_back(&client, &reqs);
+                    tracing::info!(%client, %why, "subscription not committed");
+                    for (i, _) in &requests {
+                        codes[*i] = failure(ReasonCode::UNSPECIFIED_ERROR);
+                    }
+                }
+                Err(e) => {
+                    self.broker.take_back(&client, &reqs);
+                    return Err(port_close(e));
+                }
             }
         }
         self.write_packet(&Packet::SubAck(SubAck {
@@ -398,22 +405,6 @@ where
             properties: Properties::default(),
             reason_codes: codes,
         }));
-        // Retained messages, after the SUBACK, per retain handling.
-        for (i, r) in requests {
-            let rh = r.options.retain_handling;
-            if r.filter.is_shared() || rh == 2 || (rh == 1 && existed[i]) {
-                continue;
-            }
-            for m in self.broker.retained_matching(r.filter.filter()) {
-                let d = Delivery {
-                    qos: m.qos.min(r.options.qos),
-                    message: m,
-                    retain: true,
-                    subscription_ids: r.subscription_id.into_iter().collect(),
-                };
-                self.session.enqueue(d);
-            }
-        }
         self.want_drain = true;
         Ok(())
     }

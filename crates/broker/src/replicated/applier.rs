@@ -18,7 +18,7 @@ use crate::ids::{ClientId, Epoch, NodeId};
 use crate::metrics::Metrics;
 use crate::registry::SessionRegistry;
 use crate::replicated::change::StateChange;
-use crate::replicated::records::Subscription;
+use crate::replicated::records::{SessionRecord, Subscription};
 use crate::replicated::state::ReplicatedState;
 use crate::retained::RetainedStore;
 use crate::router::deliver_replicated;
@@ -239,6 +239,20 @@ impl LocalState {
             Some(n) if n == self.node => RouteTarget::Local(self.runtime(client)),
             Some(n) => RouteTarget::Remote(n),
             None => RouteTarget::Unowned,
+        }
+    }
+
+    /// Makes the route of `client` for `filter` what its applied session
+    /// record says (a provisional route taken back).
+    pub fn restore_route(&self, rec: Option<&SessionRecord>, client: &ClientId, filter: &TopicFilter) {
+        match rec.and_then(|r| r.subscriptions.get(filter).map(|s| (*s, r.owner))) {
+            Some((sub, owner)) => {
+                let target = self.target(client, owner);
+                self.views.routes.insert(filter, route(client.clone(), sub, target));
+            }
+            None => {
+                self.views.routes.remove(filter, client);
+            }
         }
     }
 
