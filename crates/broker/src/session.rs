@@ -77,8 +77,6 @@ struct Owner {
 #[derive(Default)]
 struct State {
     owner: Option<Owner>,
-    /// The last connection that owned the session (still set while offline).
-    last_epoch: Option<Epoch>,
     queue: VecDeque<Delivery>,
     inflight: VecDeque<Inflight>,
     /// Inbound QoS 2 packet ids received but not yet released (PUBREL);
@@ -238,7 +236,6 @@ impl Session {
         }
         let kick_gen = self.kick_gen.load(Ordering::Acquire);
         st.owner = Some(Owner { epoch, kicked: None });
-        st.last_epoch = Some(epoch);
         self.online.store(true, Ordering::Release);
         let resend = st
             .inflight
@@ -305,10 +302,6 @@ impl Session {
 
     pub fn is_owner(&self, epoch: Epoch) -> bool {
         self.state.lock().owner.as_ref().map(|o| o.epoch) == Some(epoch)
-    }
-
-    pub fn last_epoch(&self) -> Option<Epoch> {
-        self.state.lock().last_epoch
     }
 
     /// Moves up to `max` deliveries from the queue onto the wire for

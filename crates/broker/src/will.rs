@@ -11,14 +11,10 @@
 //! the replicated state (`replicated/state.rs`), so a will goes out even
 //! when its node dies.
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use bytes::Bytes;
 use starling_codec::{MqttStr, QoS, Will};
 
-use crate::ids::ClientId;
-use crate::message::{Message, MessageProperties};
+use crate::message::MessageProperties;
 
 /// The will of one connection, as accepted from CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,14 +40,5 @@ impl WillSpec {
             message_expiry_interval: w.properties.message_expiry_interval,
             delay: w.properties.will_delay_interval.unwrap_or(0),
         }
-    }
-
-    /// The message to publish now, on behalf of `client`.
-    pub fn to_message(&self, client: &ClientId, now: Instant) -> Arc<Message> {
-        let mut m = Message::new(self.topic.clone(), self.payload.clone(), self.qos, self.retain)
-            .with_expiry_interval(self.message_expiry_interval, now);
-        m.properties = self.properties.clone();
-        m.publisher = Some(client.clone());
-        Arc::new(m)
     }
 }

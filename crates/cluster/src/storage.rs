@@ -72,7 +72,8 @@ impl Store {
                 let found = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
                 if found != FORMAT_VERSION {
                     bail!(
-                        "{} holds data in on-disk format {found}; this build reads format {FORMAT_VERSION}",
+                        "{} holds data in on-disk format {found}; this build reads format {FORMAT_VERSION} \
+                         (see \"Upgrading one node at a time\" in docs/operations.md)",
                         path.display()
                     );
                 }
