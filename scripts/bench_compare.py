@@ -24,7 +24,9 @@ import time
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-STARLING = os.path.join(ROOT, "target", "release", "starling")
+# STARLING_BENCH_BROKER: another starling binary to measure (an A/B against
+# an older build, with --out pointing elsewhere).
+STARLING = os.environ.get("STARLING_BENCH_BROKER", os.path.join(ROOT, "target", "release", "starling"))
 BENCH = os.path.join(ROOT, "target", "release", "starling-bench")
 NCPU = os.cpu_count() or 1
 BROKER_CPU = "0"
