@@ -33,6 +33,7 @@ pub mod sm;
 pub mod status;
 pub mod storage;
 pub mod types;
+pub mod wal;
 pub mod wire;
 pub mod writer;
 

@@ -1,22 +1,27 @@
-//! The Raft log on sled (`RaftLogStorage`).
+//! The Raft log (`RaftLogStorage`): entries in the append-only segment
+//! files of `wal.rs`, the vote, commit and purge markers as typed keys in
+//! sled's `raft` tree.
 //!
-//! Entries are keyed by their big-endian index, so sled's ordering is log
-//! order. Appends are written at once and made durable by one flusher
-//! thread that groups every append waiting at that moment into one
-//! flush + fsync (group commit) before completing their callbacks in
-//! order: openraft counts an entry as stored only after that.
+//! Appends are written at once and made durable by one flusher thread
+//! that groups every append waiting at that moment into one `sync_data`
+//! per touched segment (group commit) before completing their callbacks
+//! in order: openraft counts an entry as stored only after that. The vote
+//! and the purge marker are fsync'd before their calls return.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+use parking_lot::Mutex;
 
 use crate::storage::Store;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::wal::Wal;
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -38,10 +43,15 @@ fn vote_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_vote(&e).into()
 }
 
+/// An append waiting to be made durable: its callback and the segment
+/// files it wrote to.
+type Pending = (LogFlushed<TypeConfig>, Vec<Arc<File>>);
+
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
-    flusher: SyncSender<LogFlushed<TypeConfig>>,
+    wal: Arc<Mutex<Wal>>,
+    flusher: SyncSender<Pending>,
     /// Last committed index openraft reported, for status and metrics.
     pub committed: Arc<AtomicU64>,
 }
@@ -52,30 +62,53 @@ impl Debug for LogStore {
     }
 }
 
+/// The group-commit loop: syncs every file the waiting appends touched,
+/// once, then completes them in order.
+fn flush_loop(rx: Receiver<Pending>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut files: Vec<&Arc<File>> = Vec::new();
+        for (_, touched) in &batch {
+            for f in touched {
+                if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
+                    files.push(f);
+                }
+            }
+        }
+        let result = files.iter().try_for_each(|f| f.sync_data());
+        for (cb, _) in batch {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            cb.log_io_completed(r);
+        }
+    }
+}
+
 impl LogStore {
-    pub fn new(store: Store) -> LogStore {
-        let (tx, rx) = sync_channel::<LogFlushed<TypeConfig>>(FLUSH_QUEUE);
-        let s = store.clone();
+    /// Opens the log of `store` (segments in `<data_dir>/raft/log`).
+    pub fn open(store: Store) -> Result<LogStore, StorageError> {
+        let purged: Option<LogId> = match store.raft.get(PURGED).map_err(read_err)? {
+            Some(v) => bincode::deserialize(&v).map_err(read_err)?,
+            None => None,
+        };
+        let wal =
+            Wal::open(&store.dir.join("raft").join("log"), purged.map(|p| p.index)).map_err(read_err)?;
+        let (tx, rx) = sync_channel::<Pending>(FLUSH_QUEUE);
         std::thread::Builder::new()
             .name("starling-log-flush".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while let Ok(more) = rx.try_recv() {
-                        batch.push(more);
-                    }
-                    let result = s.sync();
-                    for cb in batch {
-                        let r = match &result {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-                        };
-                        cb.log_io_completed(r);
-                    }
-                }
-            })
-            .expect("spawn the log flusher thread");
-        LogStore { store, flusher: tx, committed: Arc::new(AtomicU64::new(0)) }
+            .spawn(move || flush_loop(rx))
+            .map_err(write_err)?;
+        Ok(LogStore {
+            store,
+            wal: Arc::new(Mutex::new(wal)),
+            flusher: tx,
+            committed: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -91,15 +124,15 @@ impl LogStore {
         Ok(())
     }
 
-    /// Runs a blocking fsync off the async threads.
+    /// Runs a blocking sled fsync off the async threads.
     async fn sync(&self) -> std::io::Result<()> {
         let s = self.store.clone();
         tokio::task::spawn_blocking(move || s.sync()).await.map_err(std::io::Error::other)?
     }
-}
 
-fn key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+    fn decode(payloads: Vec<Vec<u8>>) -> Result<Vec<Entry>, StorageError> {
+        payloads.iter().map(|p| bincode::deserialize(p).map_err(read_err)).collect()
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -112,16 +145,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        for item in self.store.log.range(key(start)..) {
-            let (k, v) = item.map_err(read_err)?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xFF; 8]));
-            if !range.contains(&index) {
-                break;
-            }
-            out.push(bincode::deserialize(&v).map_err(read_err)?);
-        }
-        Ok(out)
+        let end = match range.end_bound() {
+            Bound::Included(x) => x.saturating_add(1),
+            Bound::Excluded(x) => *x,
+            Bound::Unbounded => u64::MAX,
+        };
+        let payloads = self.wal.lock().read(start, end).map_err(read_err)?;
+        Self::decode(payloads)
     }
 }
 
@@ -130,8 +160,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get(PURGED)?;
-        let last = match self.store.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(bincode::deserialize::<Entry>(&v).map_err(read_err)?.log_id),
+        let last_payload = {
+            let wal = self.wal.lock();
+            match wal.last_index() {
+                Some(i) => wal.read(i, i + 1).map_err(read_err)?.pop(),
+                None => None,
+            }
+        };
+        let last = match last_payload {
+            Some(p) => Some(bincode::deserialize::<Entry>(&p).map_err(read_err)?.log_id),
             None => last_purged,
         };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
@@ -168,18 +205,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for e in entries {
-            let bytes = bincode::serialize(&e).map_err(write_err)?;
-            batch.insert(&key(e.log_id.index), bytes);
-        }
-        self.store.log.apply_batch(batch).map_err(write_err)?;
-        match self.flusher.try_send(callback) {
+        let records = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, bincode::serialize(&e).map_err(write_err)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let touched = self.wal.lock().append(&records).map_err(write_err)?;
+        match self.flusher.try_send((callback, touched)) {
             Ok(()) => Ok(()),
-            Err(std::sync::mpsc::TrySendError::Full(callback)) => {
+            Err(std::sync::mpsc::TrySendError::Full(pending)) => {
                 // The disk is behind: wait for room off the async threads.
                 let flusher = self.flusher.clone();
-                tokio::task::spawn_blocking(move || flusher.send(callback))
+                tokio::task::spawn_blocking(move || flusher.send(pending))
                     .await
                     .map_err(write_err)?
                     .map_err(|_| write_err(std::io::Error::other("log flusher stopped")))
@@ -191,23 +227,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.store.log.range(key(log_id.index)..) {
-            let (k, _) = item.map_err(read_err)?;
-            batch.remove(k);
-        }
-        self.store.log.apply_batch(batch).map_err(write_err)?;
-        Ok(())
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || wal.lock().truncate(log_id.index))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The purge point is durable before any segment goes: reading the
+        // log back skips what it covers.
         self.put(PURGED, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for item in self.store.log.range(..=key(log_id.index)) {
-            let (k, _) = item.map_err(read_err)?;
-            batch.remove(k);
-        }
-        self.store.log.apply_batch(batch).map_err(write_err)?;
-        Ok(())
+        self.sync().await.map_err(write_err)?;
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || wal.lock().purge(log_id.index))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)
     }
 }

@@ -125,7 +125,7 @@ impl ClusterNode {
         let local = Arc::new(LocalState::new(node_id, auth, metrics, SessionLimits::from_config(&mqtt)));
         let sm = StateMachine::open(store.clone(), local.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let shared = sm.shared.clone();
-        let log_store = LogStore::new(store.clone());
+        let log_store = LogStore::open(store.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let committed = log_store.committed.clone();
         let network = Network { peers: peers.clone() };
         let raft = Raft::new(node_id, raft_config(&config)?, network, log_store, sm)

@@ -1,11 +1,11 @@
 //! The node's sled database: format header, cluster identity, and the
 //! durability helper.
 //!
-//! Layout (one-byte-free named trees): `meta` holds the on-disk format
-//! version, the cluster id and the node id; `raft` holds the vote, the
-//! commit marker and the purge marker; `log` maps big-endian log indexes to
-//! bincode-encoded entries; `snapshot` holds the current snapshot's
-//! metadata (its data is a file beside the database).
+//! Layout under `<data_dir>/raft`: the sled database (named trees: `meta`
+//! holds the on-disk format version, the cluster id and the node id; `raft`
+//! holds the vote, the commit marker and the purge marker; `snapshot` holds
+//! the current snapshot's metadata), snapshot data files beside it, and the
+//! Raft log's segment files in `log/` (`wal.rs`).
 //!
 //! sled 0.34's `flush` does not fsync on Linux (sled #1452), so `sync`
 //! also calls `sync_data` on sled's data file: nothing Starling
@@ -30,7 +30,6 @@ pub struct Store {
     pub db: sled::Db,
     pub meta: sled::Tree,
     pub raft: sled::Tree,
-    pub log: sled::Tree,
     pub snapshot: sled::Tree,
     pub dir: PathBuf,
     data_file: Arc<File>,
@@ -97,7 +96,6 @@ impl Store {
             File::open(path.join("db")).with_context(|| format!("cannot open {}/db", path.display()))?;
         let store = Store {
             raft: db.open_tree("raft")?,
-            log: db.open_tree("log")?,
             snapshot: db.open_tree("snapshot")?,
             meta,
             db,

@@ -28,7 +28,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
         let auth = Arc::new(AuthService::new(Default::default()));
         let local = Arc::new(LocalState::new(NodeId(1), auth, Arc::new(Metrics::default()), limits));
         let sm = StateMachine::open(store.clone(), local)?;
-        Ok((dir, LogStore::new(store), sm))
+        Ok((dir, LogStore::open(store)?, sm))
     }
 }
 
