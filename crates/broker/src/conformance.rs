@@ -129,7 +129,8 @@ fn message(topic: &str, payload: &'static [u8], qos: QoS, retain: bool) -> Arc<M
     Arc::new(Message::new(topic.into(), Bytes::from_static(payload), qos, retain))
 }
 
-fn will(topic: &str, delay: u32) -> WillSpec {
+/// A QoS 1 will on `topic` with `delay` seconds of will delay.
+pub(crate) fn will(topic: &str, delay: u32) -> WillSpec {
     WillSpec {
         topic: topic.into(),
         payload: Bytes::from_static(b"gone"),

@@ -28,15 +28,7 @@ fn sub(qos: QoS) -> Subscription {
 }
 
 fn will(delay: u32) -> Box<WillSpec> {
-    Box::new(WillSpec {
-        topic: "w".into(),
-        payload: Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: MessageProperties::default(),
-        message_expiry_interval: None,
-        delay,
-    })
+    Box::new(crate::conformance::will("w", delay))
 }
 
 fn claim_cmd(client: &str, e: Epoch, clean: bool, expiry: u32, w: Option<Box<WillSpec>>) -> Command {
