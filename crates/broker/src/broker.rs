@@ -14,12 +14,14 @@ use tokio::sync::{watch, Notify};
 use crate::auth::AuthService;
 use crate::config::MqttConfig;
 use crate::deadlines::DeadlineWheel;
+use crate::durable::DurableIo;
 use crate::forward::Forwarder;
 use crate::ids::{ClientId, Epoch, EpochSource, NodeId};
 use crate::memory::MemoryPort;
+use crate::message::Message;
 use crate::metrics::{Gauges, Metrics};
 use crate::port::StatePort;
-use crate::replicated::{LocalState, Views};
+use crate::replicated::{LocalState, QueueLimits, Views, MAX_PER_SESSION};
 use crate::retained::RetainedStore;
 use crate::session::{Session, SessionLimits};
 use crate::topic::TopicLimits;
@@ -48,6 +50,8 @@ pub(crate) struct Inner {
     pub(crate) auth: Arc<AuthService>,
     /// Keep-alive and idle deadlines of every connection.
     pub(crate) deadlines: Arc<DeadlineWheel>,
+    /// Commits durable messages and their acknowledgements.
+    pub(crate) durable: DurableIo,
 }
 
 /// What a broker is built from; the port and the forwarder are made
@@ -81,6 +85,7 @@ impl Broker {
         let max_qos = QoS::from_u8(config.max_qos).unwrap_or(QoS::ExactlyOnce);
         let topic_limits = config.topic_limits();
         let node_id = local.node();
+        let durable = DurableIo::start(port.clone(), local.metrics().clone());
         Broker {
             inner: Arc::new(Inner {
                 node_id,
@@ -102,6 +107,7 @@ impl Broker {
                 idle: Notify::new(),
                 forwarder,
                 deadlines: DeadlineWheel::new(),
+                durable,
             }),
         }
     }
@@ -148,11 +154,45 @@ impl Broker {
     }
 
     pub fn gauges(&self) -> Gauges {
+        let (mut durable_bytes, mut durable_messages) = (0, 0);
+        self.inner.port.read(&mut |s| {
+            durable_bytes = s.queued_bytes();
+            durable_messages = s.queued_messages();
+        });
         Gauges {
             sessions: self.inner.views.registry.len() as u64,
             subscriptions: self.inner.views.routes.len() as u64,
             retained: self.inner.views.retained.len() as u64,
+            durable_bytes,
+            durable_messages,
         }
+    }
+
+    pub(crate) fn durable(&self) -> &DurableIo {
+        &self.inner.durable
+    }
+
+    /// Stores `msg` in the durable queues of `targets`; the waiter answers
+    /// once it is committed (or refused).
+    pub(crate) fn enqueue_durable(
+        &self,
+        msg: &Message,
+        targets: Vec<crate::replicated::DurableTarget>,
+    ) -> crate::durable::StoredWaiter {
+        let cmd = crate::replicated::Command::Enqueue {
+            message: crate::replicated::StoredMessage::from_message(msg),
+            expires_in_ms: crate::replicated::expires_in_ms(msg, Instant::now()),
+            targets,
+            limits: self.queue_limits(),
+        };
+        self.inner.durable.enqueue(cmd)
+    }
+
+    /// The bounds of the durable queues this node asks for.
+    pub(crate) fn queue_limits(&self) -> QueueLimits {
+        let c = &self.inner.config;
+        let per_session = c.max_queued_messages.min(MAX_PER_SESSION as usize) as u32;
+        QueueLimits { per_session, total_bytes: c.max_durable_bytes }
     }
 
     /// Prometheus text for `/metrics`.

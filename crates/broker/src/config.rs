@@ -24,6 +24,12 @@ pub struct MqttConfig {
     pub max_queued_messages: usize,
     /// Queue QoS 0 messages for disconnected persistent sessions.
     pub queue_qos0_offline: bool,
+    /// Bytes all durable queues together may hold (QoS 1/2 messages of
+    /// persistent sessions, replicated on every node; the same figure is
+    /// each node's memory and snapshot share for them). A message that
+    /// would pass it is refused: MQTT 5 publishers get 0x97, 3.x messages
+    /// are dropped and counted (`starling_durable_refused_total`).
+    pub max_durable_bytes: u64,
     /// Topic aliases a 5.0 client may use towards us.
     pub topic_alias_maximum: u16,
     /// Highest keep alive accepted from 5.0 clients, in seconds; a larger
@@ -66,6 +72,7 @@ impl Default for MqttConfig {
             receive_maximum: 128,
             max_queued_messages: 1000,
             queue_qos0_offline: false,
+            max_durable_bytes: 256 * 1024 * 1024,
             topic_alias_maximum: 64,
             max_keepalive: 0,
             connect_timeout_secs: 10,
@@ -111,6 +118,9 @@ impl MqttConfig {
         }
         if self.max_queued_messages == 0 {
             return Err(ConfigError::new(key("max_queued_messages"), "must be at least 1"));
+        }
+        if self.max_durable_bytes < 1024 * 1024 {
+            return Err(ConfigError::new(key("max_durable_bytes"), "must be at least 1048576 (1 MiB)"));
         }
         if self.connect_timeout_secs == 0 {
             return Err(ConfigError::new(key("connect_timeout_secs"), "must be at least 1"));

@@ -16,6 +16,7 @@ pub mod config;
 pub mod conformance;
 pub mod connection;
 pub mod deadlines;
+pub mod durable;
 pub mod forward;
 pub mod ids;
 pub mod memory;

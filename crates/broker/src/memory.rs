@@ -37,12 +37,17 @@ impl MemoryPort {
     }
 
     fn apply(&self, cmd: Command) -> CommandResult {
+        self.apply_all(vec![cmd]).pop().unwrap_or(CommandResult::Done)
+    }
+
+    fn apply_all(&self, cmds: Vec<Command>) -> Vec<CommandResult> {
         let mut state = self.state.lock();
         let mut changes = Vec::new();
-        let result = state.apply(wall_ms(), cmd, &mut changes);
+        let time = wall_ms();
+        let results = cmds.into_iter().map(|cmd| state.apply(time, cmd, &mut changes)).collect();
         // Under the lock: changes reach the views in commit order.
         self.local.apply(state.time_ms(), changes);
-        result
+        results
     }
 }
 
@@ -63,6 +68,10 @@ async fn clock(port: Weak<MemoryPort>) {
 impl StatePort for MemoryPort {
     async fn commit(&self, cmd: Command) -> Result<CommandResult, PortError> {
         Ok(self.apply(cmd))
+    }
+
+    async fn commit_all(&self, cmds: Vec<Command>) -> Result<Vec<CommandResult>, PortError> {
+        Ok(self.apply_all(cmds))
     }
 
     fn is_ready(&self) -> bool {

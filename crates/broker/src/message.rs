@@ -102,6 +102,19 @@ pub struct Delivery {
     pub retain: bool,
     /// 5.0 subscription identifiers of the matching subscriptions.
     pub subscription_ids: Vec<u32>,
+    /// Set when the message is in the session's durable queue (replicated):
+    /// it travels with the packet identifier its sequence number gives,
+    /// and is trimmed from the queue once acknowledged.
+    pub durable: Option<DurableRef>,
+}
+
+/// A delivery's place in its session's durable queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableRef {
+    pub seq: u64,
+    /// It may have been sent before (loaded by a node taking the session
+    /// over): it goes out with DUP set.
+    pub maybe_sent: bool,
 }
 
 #[cfg(test)]

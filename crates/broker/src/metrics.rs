@@ -72,6 +72,17 @@ pub struct Metrics {
     pub subscribe_quota: AtomicU64,
     /// Times a client's reading was paused by the publish rate limit.
     pub rate_limited: AtomicU64,
+    /// Durable messages refused: byte quota or waiting line full.
+    pub durable_refused: AtomicU64,
+    /// Durable messages a session's queue had no room for (counted on the
+    /// session's owner).
+    pub durable_queue_full: AtomicU64,
+    /// Durable messages not committed (no quorum) and so not acknowledged.
+    pub durable_unavailable: AtomicU64,
+    /// Trims/releases dropped because the acknowledgement line was full.
+    pub durable_acks_dropped: AtomicU64,
+    /// Retries of durable acknowledgements that could not be committed.
+    pub durable_ack_retries: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -249,6 +260,44 @@ impl Metrics {
             "counter",
             load(&self.keepalive_timeouts),
         );
+        let durable: [(&str, &str, &AtomicU64); 5] = [
+            (
+                "starling_durable_refused_total",
+                "Durable messages refused (queue byte quota or waiting line full); MQTT 5 publishers get 0x97.",
+                &self.durable_refused,
+            ),
+            (
+                "starling_durable_queue_full_total",
+                "Durable messages dropped for one session whose queue was full (counted on its owner).",
+                &self.durable_queue_full,
+            ),
+            (
+                "starling_durable_unavailable_total",
+                "Durable messages not committed (no quorum), so not acknowledged as stored.",
+                &self.durable_unavailable,
+            ),
+            (
+                "starling_durable_acks_dropped_total",
+                "Subscriber acknowledgements of durable messages dropped (line full); resent once after a failover.",
+                &self.durable_acks_dropped,
+            ),
+            (
+                "starling_durable_ack_retries_total",
+                "Retries of durable acknowledgements that could not be committed.",
+                &self.durable_ack_retries,
+            ),
+        ];
+        for (name, help, c) in durable {
+            g(&mut s, name, help, "counter", load(c));
+        }
+        g(&mut s, "starling_durable_queued_bytes", "Bytes held by the durable queues (cluster-wide).", "gauge", gauges.durable_bytes);
+        g(
+            &mut s,
+            "starling_durable_queued_messages",
+            "Messages in the durable queues (cluster-wide).",
+            "gauge",
+            gauges.durable_messages,
+        );
         s
     }
 }
@@ -259,4 +308,7 @@ pub struct Gauges {
     pub sessions: u64,
     pub subscriptions: u64,
     pub retained: u64,
+    /// Durable queues, from the replicated state (the same on every node).
+    pub durable_bytes: u64,
+    pub durable_messages: u64,
 }

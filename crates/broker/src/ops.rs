@@ -175,6 +175,7 @@ impl Broker {
                         message: m,
                         retain: true,
                         subscription_ids: sub.subscription_id.into_iter().collect(),
+                        durable: None,
                     });
                 }
             }
@@ -183,6 +184,7 @@ impl Broker {
                 options: sub.options,
                 subscription_id: sub.subscription_id,
                 target: RouteTarget::Local(runtime.clone()),
+                durable: runtime.is_durable(),
             };
             self.inner.views.routes.insert(&sub.filter, route);
         }

@@ -31,6 +31,11 @@ pub trait StatePort: Send + Sync + 'static {
     /// subscription before returning).
     async fn commit(&self, cmd: Command) -> Result<CommandResult, PortError>;
 
+    /// Commits `cmds` together and in this order (one log entry in the
+    /// cluster): the durable path keeps a publisher's messages in order
+    /// this way. Results in the same order.
+    async fn commit_all(&self, cmds: Vec<Command>) -> Result<Vec<CommandResult>, PortError>;
+
     /// Whether this node can commit changes now (readiness).
     fn is_ready(&self) -> bool;
 

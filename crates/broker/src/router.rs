@@ -3,7 +3,10 @@
 //! shared (`Arc`), never copied per subscriber. Overlapping subscriptions
 //! of one session yield a single delivery at the highest granted QoS with
 //! every subscription identifier (MQTT-3.3.4-2 / 5.0 §3.3.4); each matching
-//! shared group delivers to one of its members.
+//! shared group delivers to one of its members. QoS 1/2 deliveries to
+//! persistent sessions, on any node, are not queued here: they become
+//! `DurableTarget`s of one replicated `Enqueue` (durable.rs), delivered by
+//! each session's owner once it is stored.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +17,7 @@ use crate::broker::Broker;
 use crate::forward::{AckWaiter, RemotePlan, SharedTarget};
 use crate::ids::NodeId;
 use crate::message::{Delivery, Message};
+use crate::replicated::DurableTarget;
 use crate::routes::{Matched, Route, RouteTable, RouteTarget};
 use crate::session::{Enqueued, Session};
 
@@ -34,12 +38,48 @@ pub struct PublishOutcome {
     /// For QoS 1/2 with remote subscribers: completes when the peers
     /// acknowledged; the publisher's PUBACK/PUBREC waits for it.
     pub ack: Option<AckWaiter>,
+    /// Persistent sessions (anywhere) the message must be stored for
+    /// before the publisher is acknowledged.
+    pub durable: Vec<DurableTarget>,
 }
 
 impl PublishOutcome {
     pub fn matched(&self) -> bool {
-        self.delivered > 0 || !self.remote_nodes.is_empty()
+        self.delivered > 0 || !self.remote_nodes.is_empty() || !self.durable.is_empty()
     }
+}
+
+/// The durable target for `route`, when the delivery is QoS 1/2 to a
+/// persistent session.
+fn durable_target(route: &Route, msg: &Message) -> Option<DurableTarget> {
+    let qos = msg.qos.min(route.options.qos);
+    (route.durable && qos != QoS::AtMostOnce).then(|| DurableTarget {
+        client: route.client.clone(),
+        qos,
+        retain: route.options.retain_as_published && msg.retain,
+        subscription_ids: route.subscription_id.into_iter().collect(),
+    })
+}
+
+/// One target per session: overlapping subscriptions merge (highest QoS,
+/// every subscription identifier).
+fn merge_durable(targets: &mut Vec<DurableTarget>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_by(|a, b| a.client.cmp(&b.client));
+    let mut out: Vec<DurableTarget> = Vec::with_capacity(targets.len());
+    for t in targets.drain(..) {
+        match out.last_mut() {
+            Some(last) if last.client == t.client => {
+                last.qos = last.qos.max(t.qos);
+                last.retain |= t.retain;
+                last.subscription_ids.extend(t.subscription_ids);
+            }
+            _ => out.push(t),
+        }
+    }
+    *targets = out;
 }
 
 fn plan_for(plans: &mut Vec<RemotePlan>, node: NodeId) -> &mut RemotePlan {
@@ -69,10 +109,15 @@ impl Broker {
         let mut normal: Vec<Candidate> = Vec::new();
         let mut shared: Vec<Candidate> = Vec::new();
         let mut plans: Vec<RemotePlan> = Vec::new();
+        let mut durable: Vec<DurableTarget> = Vec::new();
         let publisher = msg.publisher.as_ref();
         self.inner.views.routes.for_each_match(&msg.topic, |m| match m {
             Matched::Route(r) => {
                 if r.options.no_local && publisher == Some(&r.client) {
+                    return;
+                }
+                if let Some(t) = durable_target(r, msg) {
+                    durable.push(t);
                     return;
                 }
                 match &r.target {
@@ -83,6 +128,10 @@ impl Broker {
             }
             Matched::Shared(g) => {
                 if let Some(r) = g.pick() {
+                    if let Some(t) = durable_target(r, msg) {
+                        durable.push(t);
+                        return;
+                    }
                     match &r.target {
                         RouteTarget::Local(s) => shared.push(candidate(r, s, msg)),
                         RouteTarget::Remote(n) => plan_for(&mut plans, *n).shared.push(SharedTarget {
@@ -96,6 +145,8 @@ impl Broker {
             }
         });
         let mut outcome = enqueue_all(msg, normal, shared);
+        merge_durable(&mut durable);
+        outcome.durable = durable;
         if !plans.is_empty() {
             outcome.remote_nodes = plans.iter().map(|p| p.node).collect();
             if let Some(f) = &self.inner.forwarder {
@@ -115,6 +166,10 @@ impl Broker {
             self.inner.views.routes.for_each_match(&msg.topic, |m| {
                 if let Matched::Route(r) = m {
                     if r.options.no_local && publisher == Some(&r.client) {
+                        return;
+                    }
+                    // The publishing node stored it for persistent sessions.
+                    if durable_target(r, msg).is_some() {
                         return;
                     }
                     if let RouteTarget::Local(s) = &r.target {
@@ -165,6 +220,7 @@ fn enqueue_all(msg: &Arc<Message>, mut normal: Vec<Candidate>, shared: Vec<Candi
             qos: c.qos,
             retain: c.retain,
             subscription_ids: c.subscription_ids,
+            durable: None,
         };
         if c.session.enqueue(d) == Enqueued::Queued {
             outcome.delivered += 1;

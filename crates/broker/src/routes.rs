@@ -46,6 +46,9 @@ pub struct Route {
     pub options: SubscriptionOptions,
     pub subscription_id: Option<u32>,
     pub target: RouteTarget,
+    /// The session is persistent: its QoS 1/2 messages go to its durable
+    /// queue (replicated) instead of straight to its runtime.
+    pub durable: bool,
 }
 
 /// Members of one `$share/{group}/{filter}` subscription.
@@ -326,12 +329,13 @@ impl RouteTable {
 
     /// Points an existing subscription at a new target (a session that
     /// moved between nodes). Returns false if there is no such entry.
-    pub fn retarget(&self, filter: &TopicFilter, client: &ClientId, target: RouteTarget) -> bool {
+    pub fn retarget(&self, filter: &TopicFilter, client: &ClientId, target: RouteTarget, durable: bool) -> bool {
         let levels: Vec<&str> = filter.filter().split('/').collect();
         let mut root = self.root.write();
         match root.find_leaf(&levels).and_then(|l| l.get_mut(filter.share_group(), client)) {
             Some(r) => {
                 r.target = target;
+                r.durable = durable;
                 true
             }
             None => false,
@@ -365,6 +369,7 @@ mod tests {
             options: SubscriptionOptions::new(QoS::AtLeastOnce),
             subscription_id: None,
             target: RouteTarget::Remote(NodeId(node)),
+            durable: false,
         }
     }
 
@@ -444,7 +449,7 @@ mod tests {
     fn retarget_moves_a_route() {
         let t = RouteTable::new();
         t.insert(&tf("a/#"), route("x", 1));
-        assert!(t.retarget(&tf("a/#"), &ClientId::new("x"), RouteTarget::Remote(NodeId(3))));
+        assert!(t.retarget(&tf("a/#"), &ClientId::new("x"), RouteTarget::Remote(NodeId(3)), false));
         let mut nodes = Vec::new();
         t.for_each_match("a/b", |m| {
             if let Matched::Route(r) = m {
@@ -454,6 +459,6 @@ mod tests {
             }
         });
         assert_eq!(nodes, vec![3]);
-        assert!(!t.retarget(&tf("b"), &ClientId::new("x"), RouteTarget::Remote(NodeId(3))));
+        assert!(!t.retarget(&tf("b"), &ClientId::new("x"), RouteTarget::Remote(NodeId(3)), false));
     }
 }

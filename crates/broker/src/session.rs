@@ -20,6 +20,7 @@ use starling_codec::{QoS, ReasonCode};
 use crate::ids::{ClientId, Epoch};
 use crate::message::Delivery;
 use crate::metrics::{DropReason, Metrics};
+use crate::replicated::packet_id_for;
 
 /// Why the broker tells a connection to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,10 @@ pub enum InflightState {
     AwaitPubRec,
     /// PUBREL sent, waiting for PUBCOMP.
     AwaitPubComp,
+    /// PUBREC received for a durable QoS 2 message; PUBREL waits until
+    /// the release is replicated (a node taking over must not send the
+    /// message again once the client may have completed it).
+    AwaitRelease,
 }
 
 #[derive(Debug, Clone)]
@@ -45,11 +50,27 @@ pub struct Inflight {
     pub state: InflightState,
 }
 
-/// What a connection should (re)send.
+/// What a connection should (re)send, or report.
 #[derive(Debug)]
 pub enum Outgoing {
     Publish { delivery: Delivery, packet_id: u16, dup: bool },
     PubRel { packet_id: u16 },
+    /// A durable message expired before it was sent: trim it.
+    Expired { seq: u64 },
+}
+
+/// What a PUBREC from the client means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubRecOutcome {
+    /// No QoS 2 message waited for it.
+    Unknown,
+    /// Send PUBREL now.
+    SendPubRel,
+    /// A durable message: record the release; PUBREL follows once it is
+    /// replicated (`release_committed`).
+    Release { seq: u64 },
+    /// An error PUBREC ended the exchange (5.0); a durable message is done.
+    Ended { seq: Option<u64> },
 }
 
 /// Per-session limits, fixed when the session is created.
@@ -86,6 +107,10 @@ struct State {
     #[allow(clippy::box_collection)]
     inbound_qos2: Option<Box<Vec<u16>>>,
     next_packet_id: u16,
+    /// Packet ids whose PUBREL may go out (durable releases replicated).
+    /// Allocated on first use.
+    #[allow(clippy::box_collection)]
+    pubrels_due: Option<Box<Vec<u16>>>,
 }
 
 pub struct Session {
@@ -98,6 +123,9 @@ pub struct Session {
     /// Set when the session was discarded (clean start by a new owner,
     /// expiry): a connection still attached must not expect it to resume.
     ended: AtomicBool,
+    /// The session is persistent: its QoS 1/2 messages come from its
+    /// durable queue (replicated), with packet ids from their sequence.
+    durable: AtomicBool,
     /// Bumped whenever the owner is kicked or replaced: a connection
     /// compares it with the value it saw at attach (`kick_for` tells it
     /// more), a lock-free check on every poll.
@@ -149,6 +177,7 @@ impl Session {
             metrics,
             online: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            durable: AtomicBool::new(false),
             kick_gen: AtomicU32::new(0),
             wake: Mutex::new(WakeSlot::default()),
             state: Mutex::new(State { next_packet_id: 1, ..Default::default() }),
@@ -172,6 +201,84 @@ impl Session {
     /// True once the session was discarded or expired.
     pub fn is_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
+    }
+
+    pub fn set_durable(&self, durable: bool) {
+        self.durable.store(durable, Ordering::Release);
+    }
+
+    /// Whether the session is persistent (see `durable`).
+    pub fn is_durable(&self) -> bool {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Makes the session's durable deliveries what the replicated queue
+    /// holds (a node taking the session over, or resuming it): what this
+    /// runtime already holds keeps its place and state (released ones move
+    /// to the PUBREL stage), what the queue no longer holds is dropped,
+    /// and what it did not know is added — released QoS 2 messages waiting
+    /// for PUBCOMP (their PUBREL is resent on attach), the others queued
+    /// in order, ahead of newer ones, marked as possibly sent.
+    pub fn load_durable(&self, entries: Vec<(Delivery, bool)>) {
+        use std::collections::HashMap;
+        {
+            let mut st = self.state.lock();
+            let wanted: HashMap<u64, bool> =
+                entries.iter().filter_map(|(d, rel)| d.durable.map(|r| (r.seq, *rel))).collect();
+            let held = |d: &Delivery| d.durable.is_none_or(|r| wanted.contains_key(&r.seq));
+            st.inflight.retain(|i| held(&i.delivery));
+            st.queue.retain(held);
+            let mut present = std::collections::HashSet::new();
+            for i in st.inflight.iter_mut() {
+                if let Some(r) = i.delivery.durable {
+                    present.insert(r.seq);
+                    if wanted.get(&r.seq) == Some(&true) && i.state != InflightState::AwaitPubComp {
+                        i.state = InflightState::AwaitPubComp;
+                    }
+                }
+            }
+            // Whether they went out before (another connection, before a
+            // restart) is not known: DUP says "possibly".
+            for d in st.queue.iter_mut() {
+                if let Some(r) = d.durable.as_mut() {
+                    r.maybe_sent = true;
+                    present.insert(r.seq);
+                }
+            }
+            let mut front = Vec::new();
+            for (d, released) in entries {
+                let Some(r) = d.durable.filter(|r| !present.contains(&r.seq)) else { continue };
+                if released {
+                    let packet_id = packet_id_for(r.seq);
+                    st.inflight.push_back(Inflight { packet_id, delivery: d, state: InflightState::AwaitPubComp });
+                } else {
+                    front.push(d);
+                }
+            }
+            for d in front.into_iter().rev() {
+                st.queue.push_front(d);
+            }
+        }
+        self.wake();
+    }
+
+    /// The replicated state recorded these releases: their PUBRELs may go.
+    pub fn release_committed(&self, seqs: &[u64]) {
+        {
+            let mut st = self.state.lock();
+            let mut due = Vec::new();
+            for i in st.inflight.iter_mut() {
+                if i.state == InflightState::AwaitRelease && i.delivery.durable.is_some_and(|r| seqs.contains(&r.seq)) {
+                    i.state = InflightState::AwaitPubComp;
+                    due.push(i.packet_id);
+                }
+            }
+            if due.is_empty() {
+                return;
+            }
+            st.pubrels_due.get_or_insert_with(Default::default).extend(due);
+        }
+        self.wake();
     }
 
     /// Wakes the owning connection: there may be something to send, or a
@@ -237,14 +344,17 @@ impl Session {
         let kick_gen = self.kick_gen.load(Ordering::Acquire);
         st.owner = Some(Owner { epoch, kicked: None });
         self.online.store(true, Ordering::Release);
+        // A release still being replicated sends its PUBREL when it is.
+        st.pubrels_due = None;
         let resend = st
             .inflight
             .iter()
-            .map(|i| match i.state {
+            .filter_map(|i| match i.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
-                    Outgoing::Publish { delivery: i.delivery.clone(), packet_id: i.packet_id, dup: true }
+                    Some(Outgoing::Publish { delivery: i.delivery.clone(), packet_id: i.packet_id, dup: true })
                 }
-                InflightState::AwaitPubComp => Outgoing::PubRel { packet_id: i.packet_id },
+                InflightState::AwaitPubComp => Some(Outgoing::PubRel { packet_id: i.packet_id }),
+                InflightState::AwaitRelease => None,
             })
             .collect();
         drop(st);
@@ -320,6 +430,9 @@ impl Session {
         if st.owner.as_ref().map(|o| o.epoch) != Some(epoch) {
             return None;
         }
+        if let Some(due) = st.pubrels_due.take() {
+            out.extend(due.into_iter().map(|packet_id| Outgoing::PubRel { packet_id }));
+        }
         let mut n = 0;
         while n < max {
             let Some(front) = st.queue.front() else { break };
@@ -327,17 +440,29 @@ impl Session {
                 let d = st.queue.pop_front();
                 if let Some(d) = d {
                     self.metrics.dropped(DropReason::Expired, d.qos);
+                    if let Some(r) = d.durable {
+                        out.push(Outgoing::Expired { seq: r.seq });
+                    }
                 }
                 continue;
             }
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
                 break;
             }
+            // A durable message travels with the id its sequence gives; if
+            // another message still holds that id, it waits.
+            let fixed = front.durable.map(|r| packet_id_for(r.seq));
+            if let Some(id) = fixed {
+                if st.inflight.iter().any(|i| i.packet_id == id) {
+                    break;
+                }
+            }
             let Some(d) = st.queue.pop_front() else { break };
+            let dup = d.durable.is_some_and(|r| r.maybe_sent);
             let packet_id = if d.qos == QoS::AtMostOnce {
                 0
             } else {
-                let id = st.alloc_packet_id();
+                let id = fixed.unwrap_or_else(|| st.alloc_packet_id());
                 let state = if d.qos == QoS::AtLeastOnce {
                     InflightState::AwaitPubAck
                 } else {
@@ -346,18 +471,21 @@ impl Session {
                 st.inflight.push_back(Inflight { packet_id: id, delivery: d.clone(), state });
                 id
             };
-            out.push(Outgoing::Publish { delivery: d, packet_id, dup: false });
+            out.push(Outgoing::Publish { delivery: d, packet_id, dup });
             n += 1;
         }
         Some(())
     }
 
-    /// Takes everything the session still has to deliver — unacknowledged
-    /// messages first, then the queue — for the node the session moved to.
+    /// Takes what the session still has to deliver that only this node
+    /// holds — unacknowledged messages first, then the queue — for the
+    /// node the session moved to. Durable messages stay out: that node has
+    /// them in its replicated state.
     pub fn drain_all(&self) -> Vec<Delivery> {
         let mut st = self.state.lock();
         let mut out: Vec<Delivery> = st.inflight.drain(..).map(|i| i.delivery).collect();
         out.extend(st.queue.drain(..));
+        out.retain(|d| d.durable.is_none());
         out
     }
 
@@ -398,65 +526,59 @@ impl Session {
         self.state.lock().inflight.len()
     }
 
-    /// PUBACK from the client. Returns false if the id was not awaiting one.
-    pub fn on_puback(&self, packet_id: u16) -> bool {
+    /// Removes the inflight message `packet_id` if it is in `state`;
+    /// `Some(durable sequence)` when it was there.
+    fn complete(&self, packet_id: u16, state: InflightState) -> Option<Option<u64>> {
         let mut st = self.state.lock();
-        match st
-            .inflight
-            .iter()
-            .position(|i| i.packet_id == packet_id && i.state == InflightState::AwaitPubAck)
-        {
-            Some(pos) => {
-                st.inflight.remove(pos);
-                true
-            }
-            None => false,
-        }
+        let pos = st.inflight.iter().position(|i| i.packet_id == packet_id && i.state == state)?;
+        st.inflight.remove(pos).map(|i| i.delivery.durable.map(|r| r.seq))
     }
 
-    /// PUBREC from the client: the message moves to the PUBREL stage.
-    /// A PUBREC with an error code ends the exchange (5.0).
-    pub fn on_pubrec(&self, packet_id: u16, failed: bool) -> bool {
+    /// PUBACK from the client: `None` if the id was not awaiting one,
+    /// else the durable sequence to trim, if any.
+    pub fn on_puback(&self, packet_id: u16) -> Option<Option<u64>> {
+        self.complete(packet_id, InflightState::AwaitPubAck)
+    }
+
+    /// PUBREC from the client: the message moves to the PUBREL stage (for
+    /// a durable one, once its release is replicated). A PUBREC with an
+    /// error code ends the exchange (5.0).
+    pub fn on_pubrec(&self, packet_id: u16, failed: bool) -> PubRecOutcome {
         let mut st = self.state.lock();
         let Some(pos) = st.inflight.iter().position(|i| i.packet_id == packet_id) else {
-            return false;
+            return PubRecOutcome::Unknown;
         };
         if failed {
-            st.inflight.remove(pos);
-            return true;
+            let seq = st.inflight.remove(pos).and_then(|i| i.delivery.durable.map(|r| r.seq));
+            return PubRecOutcome::Ended { seq };
         }
-        if let Some(i) = st.inflight.get_mut(pos) {
-            if i.state == InflightState::AwaitPubAck {
-                return false;
+        let Some(i) = st.inflight.get_mut(pos) else { return PubRecOutcome::Unknown };
+        match (i.state, i.delivery.durable) {
+            (InflightState::AwaitPubAck, _) => PubRecOutcome::Unknown,
+            (InflightState::AwaitRelease, _) => PubRecOutcome::Release { seq: i.delivery.durable.map_or(0, |r| r.seq) },
+            (_, Some(r)) => {
+                i.state = InflightState::AwaitRelease;
+                PubRecOutcome::Release { seq: r.seq }
             }
-            i.state = InflightState::AwaitPubComp;
+            (_, None) => {
+                i.state = InflightState::AwaitPubComp;
+                PubRecOutcome::SendPubRel
+            }
         }
-        true
     }
 
     /// Drops an inflight message that can never be sent (larger than the
-    /// client's maximum packet size), as if it had been acknowledged.
-    pub fn discard_inflight(&self, packet_id: u16) {
+    /// client's maximum packet size), as if it had been acknowledged;
+    /// returns its durable sequence to trim, if any.
+    pub fn discard_inflight(&self, packet_id: u16) -> Option<u64> {
         let mut st = self.state.lock();
-        if let Some(pos) = st.inflight.iter().position(|i| i.packet_id == packet_id) {
-            st.inflight.remove(pos);
-        }
+        let pos = st.inflight.iter().position(|i| i.packet_id == packet_id)?;
+        st.inflight.remove(pos).and_then(|i| i.delivery.durable.map(|r| r.seq))
     }
 
-    /// PUBCOMP from the client ends a QoS 2 exchange.
-    pub fn on_pubcomp(&self, packet_id: u16) -> bool {
-        let mut st = self.state.lock();
-        match st
-            .inflight
-            .iter()
-            .position(|i| i.packet_id == packet_id && i.state == InflightState::AwaitPubComp)
-        {
-            Some(pos) => {
-                st.inflight.remove(pos);
-                true
-            }
-            None => false,
-        }
+    /// PUBCOMP from the client ends a QoS 2 exchange (see `on_puback`).
+    pub fn on_pubcomp(&self, packet_id: u16) -> Option<Option<u64>> {
+        self.complete(packet_id, InflightState::AwaitPubComp)
     }
 
     /// Inbound QoS 2 PUBLISH: `New` the first time a packet id is seen
@@ -527,6 +649,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: vec![],
+            durable: None,
         }
     }
 
@@ -547,17 +670,17 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outgoing::Publish { packet_id, .. } => *packet_id,
-                Outgoing::PubRel { .. } => panic!(),
+                other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(ids, vec![1, 2, 0]);
         assert_eq!(s.inflight_len(), 2);
-        assert!(!s.on_pubcomp(2), "PUBCOMP before PUBREC is not accepted");
-        assert!(!s.on_pubrec(1, false), "PUBREC for a QoS 1 message is not accepted");
-        assert!(s.on_puback(1));
-        assert!(!s.on_puback(1), "second PUBACK is unknown");
-        assert!(s.on_pubrec(2, false));
-        assert!(s.on_pubcomp(2));
+        assert!(s.on_pubcomp(2).is_none(), "PUBCOMP before PUBREC is not accepted");
+        assert_eq!(s.on_pubrec(1, false), PubRecOutcome::Unknown, "PUBREC for a QoS 1 message is not accepted");
+        assert_eq!(s.on_puback(1), Some(None));
+        assert!(s.on_puback(1).is_none(), "second PUBACK is unknown");
+        assert_eq!(s.on_pubrec(2, false), PubRecOutcome::SendPubRel);
+        assert_eq!(s.on_pubcomp(2), Some(None));
         assert_eq!(s.inflight_len(), 0);
     }
 
@@ -572,7 +695,7 @@ mod tests {
         s.take_outgoing(epoch(1), 2, 10, Instant::now(), &mut out).unwrap();
         assert_eq!(out.len(), 2, "window of 2");
         assert_eq!(s.queue_len(), 1);
-        assert!(s.on_pubrec(1, false));
+        assert_eq!(s.on_pubrec(1, false), PubRecOutcome::SendPubRel);
         assert!(s.detach(epoch(1)));
         let (resend, _) = s.attach(epoch(2));
         assert!(matches!(resend[0], Outgoing::PubRel { packet_id: 1 }));

@@ -114,6 +114,14 @@ impl StatePort for ClusterPort {
         Ok(result)
     }
 
+    async fn commit_all(&self, cmds: Vec<Command>) -> Result<Vec<CommandResult>, PortError> {
+        if !self.readiness.is_ready() {
+            return Err(PortError::Unavailable("this node is not connected to a quorum".into()));
+        }
+        let (results, _) = self.writer.write_all(cmds).await.map_err(|e| PortError::Unavailable(e.to_string()))?;
+        Ok(results)
+    }
+
     fn is_ready(&self) -> bool {
         self.readiness.is_ready()
     }

@@ -127,6 +127,7 @@ pub fn decode_delivery(m: &pb::ForwardedMessage, now: Instant) -> Result<Deliver
         qos: qos(m.qos)?,
         retain: m.retain,
         subscription_ids: m.subscription_ids.clone(),
+        durable: None,
     })
 }
 

@@ -36,9 +36,10 @@ pub enum WriteError {
     Failed(String),
 }
 
+/// Commands to commit together, in order, in one entry.
 struct Job {
-    cmd: Command,
-    reply: oneshot::Sender<Result<(CommandResult, u64), WriteError>>,
+    cmds: Vec<Command>,
+    reply: oneshot::Sender<Result<(Vec<CommandResult>, u64), WriteError>>,
 }
 
 /// What the batcher and the peer service need to propose.
@@ -146,53 +147,76 @@ impl Writer {
     /// Proposes one command and waits until it is applied on this node.
     /// Returns its result and the index of the entry that carried it.
     pub async fn write(&self, cmd: Command) -> Result<(CommandResult, u64), WriteError> {
+        let (mut results, index) = self.write_all(vec![cmd]).await?;
+        Ok((results.pop().unwrap_or(CommandResult::Done), index))
+    }
+
+    /// Proposes `cmds` in one entry, in this order (never split between
+    /// entries), and waits until it is applied on this node.
+    pub async fn write_all(&self, cmds: Vec<Command>) -> Result<(Vec<CommandResult>, u64), WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { cmd, reply }).await.map_err(|_| WriteError::Failed("node stopping".into()))?;
+        self.tx.send(Job { cmds, reply }).await.map_err(|_| WriteError::Failed("node stopping".into()))?;
         rx.await.map_err(|_| WriteError::Failed("node stopping".into()))?
     }
 }
 
+/// Takes the jobs waiting at a moment (up to `MAX_BATCH` commands; a
+/// larger job goes alone, a job that does not fit waits for the next
+/// batch) and proposes them as one entry, `IN_FLIGHT` entries at a time.
 async fn batcher(proposer: Proposer, mut rx: mpsc::Receiver<Job>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let mut n = first.cmds.len();
         let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
+        while n < MAX_BATCH {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) if n + j.cmds.len() > MAX_BATCH => {
+                    carry = Some(j);
+                    break;
+                }
+                Ok(j) => {
+                    n += j.cmds.len();
+                    jobs.push(j);
+                }
                 Err(_) => break,
             }
         }
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let p = proposer.clone();
         tokio::spawn(async move {
-            let (commands, replies): (Vec<Command>, Vec<_>) =
-                jobs.into_iter().map(|j| (j.cmd, j.reply)).unzip();
-            let outcome = p.propose(commands, 0).await;
-            let outcome = match outcome {
-                Ok((results, index)) => {
-                    if p.sm.wait_applied(index, p.timeout).await {
-                        Ok((results, index))
-                    } else {
-                        Err(WriteError::Failed(format!(
-                            "entry {index} committed but not applied here in time"
-                        )))
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok((results, index)) => {
-                    for (reply, r) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok((r, index)));
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
+            propose_jobs(&p, jobs).await;
             drop(permit);
         });
+    }
+}
+
+async fn propose_jobs(p: &Proposer, jobs: Vec<Job>) {
+    let sizes: Vec<usize> = jobs.iter().map(|j| j.cmds.len()).collect();
+    let (commands, replies): (Vec<Vec<Command>>, Vec<_>) = jobs.into_iter().map(|j| (j.cmds, j.reply)).unzip();
+    let outcome = match p.propose(commands.into_iter().flatten().collect(), 0).await {
+        Ok((results, index)) if p.sm.wait_applied(index, p.timeout).await => Ok((results, index)),
+        Ok((_, index)) => Err(WriteError::Failed(format!("entry {index} committed but not applied here in time"))),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok((results, index)) => {
+            let mut results = results.into_iter();
+            for (reply, size) in replies.into_iter().zip(sizes) {
+                let _ = reply.send(Ok((results.by_ref().take(size).collect(), index)));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }

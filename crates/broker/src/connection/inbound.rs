@@ -14,7 +14,8 @@ use crate::auth::Action;
 use crate::message::{Message, MessageProperties};
 use crate::ops::SubscribeRequest;
 use crate::port::PortError;
-use crate::session::Qos2Begin;
+use crate::durable::Stored;
+use crate::session::{PubRecOutcome, Qos2Begin};
 use crate::topic::{validate_topic_name, TopicFilter};
 
 /// A packet whose handling waits for the state port.
@@ -256,35 +257,75 @@ where
             QoS::AtLeastOnce => AckKind::PubAck,
             QoS::ExactlyOnce => AckKind::PubRec,
         };
+        // QoS 1/2 for persistent sessions: stored on a majority first.
+        let stored = (!outcome.durable.is_empty()).then(|| self.broker.enqueue_durable(msg, outcome.durable));
         // Acknowledgements go out in the order the PUBLISHes came in
         // (MQTT-4.6.0-2); one waiting for other nodes holds back the rest.
-        if outcome.ack.is_none() && self.acks.as_ref().is_none_or(|a| a.is_empty()) {
+        if outcome.ack.is_none() && stored.is_none() && self.acks.as_ref().is_none_or(|a| a.is_empty()) {
             self.write_packet(&self.ack_reason(kind, packet_id, reason));
         } else {
             let acks = self.acks.get_or_insert_with(Default::default);
-            acks.push_back(PendingAck { kind, packet_id, reason, wait: outcome.ack });
+            acks.push_back(PendingAck { kind, packet_id, reason, wait: outcome.ack, stored, outcome: None });
         }
     }
 
     /// Sends the acknowledgements at the head of the queue whose peers
-    /// have answered.
-    pub(super) fn flush_ready_acks(&mut self) {
+    /// have answered and whose durable copies are stored. A QoS 1/2
+    /// message that could not be stored is never acknowledged as such:
+    /// MQTT 5 gets the failure in its PUBACK/PUBREC, 3.x (which cannot be
+    /// told) is disconnected so that it sends the message again.
+    pub(super) fn flush_ready_acks(&mut self) -> Result<(), Close> {
         while let Some(a) = self.pop_ready_ack() {
-            self.write_packet(&self.ack_reason(a.kind, a.packet_id, a.reason));
+            if a.reason == ReasonCode::SERVER_UNAVAILABLE && !self.neg.version.is_v5() {
+                return Err(Close::Kicked(ReasonCode::SERVER_UNAVAILABLE));
+            }
+            let reason = if a.reason == ReasonCode::SERVER_UNAVAILABLE { ReasonCode::UNSPECIFIED_ERROR } else { a.reason };
+            if a.kind == AckKind::PubRec && reason.is_error() {
+                // An error PUBREC ends the exchange: the id is free again.
+                self.session.inbound_qos2_release(a.packet_id);
+            }
+            self.write_packet(&self.ack_reason(a.kind, a.packet_id, reason));
         }
+        Ok(())
     }
 
     /// The acknowledgement at the head of the queue, once its peers have
-    /// answered.
+    /// answered and its durable copies are stored (its reason updated).
     fn pop_ready_ack(&mut self) -> Option<PendingAck> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let v5 = self.neg.version.is_v5();
+        let metrics = self.broker.metrics().clone();
         let acks = self.acks.as_mut()?;
         let front = acks.front_mut()?;
         if let Some(w) = front.wait.as_mut() {
             match w.try_recv() {
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+                Err(TryRecvError::Empty) => return None,
                 // Acknowledged, or given up on (peer down): either way
                 // this node has done what it can.
                 _ => front.wait = None,
+            }
+        }
+        if let Some(w) = front.stored.as_mut() {
+            front.outcome = Some(match w.try_recv() {
+                Err(TryRecvError::Empty) => return None,
+                Ok(o) => o,
+                Err(TryRecvError::Closed) => Stored::Unavailable,
+            });
+            front.stored = None;
+        }
+        if let Some(outcome) = front.outcome.take() {
+            match outcome {
+                Stored::Yes => {}
+                Stored::QuotaExceeded => {
+                    metrics.durable_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if v5 {
+                        front.reason = ReasonCode::QUOTA_EXCEEDED;
+                    }
+                }
+                Stored::Unavailable => {
+                    metrics.durable_unavailable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    front.reason = ReasonCode::SERVER_UNAVAILABLE;
+                }
             }
         }
         acks.pop_front()
@@ -292,28 +333,22 @@ where
 
     fn on_ack(&mut self, a: Ack) -> Result<(), Close> {
         match a.kind {
-            AckKind::PubAck => {
-                if self.session.on_puback(a.packet_id) {
-                    self.want_drain = true;
+            AckKind::PubAck => self.completed(self.session.on_puback(a.packet_id)),
+            AckKind::PubRec => match self.session.on_pubrec(a.packet_id, a.reason.is_error()) {
+                PubRecOutcome::SendPubRel => {
+                    self.write_packet(&Packet::Ack(Ack::new(AckKind::PubRel, a.packet_id)));
                 }
-            }
-            AckKind::PubRec => {
-                if self.session.on_pubrec(a.packet_id, a.reason.is_error()) {
-                    if a.reason.is_error() {
-                        self.want_drain = true;
-                    } else {
-                        self.write_packet(&Packet::Ack(Ack::new(AckKind::PubRel, a.packet_id)));
+                // PUBREL goes out once the release is replicated.
+                PubRecOutcome::Release { seq } => self.broker.durable().release(self.session.client_id(), seq),
+                PubRecOutcome::Ended { seq } => self.completed(Some(seq)),
+                PubRecOutcome::Unknown => {
+                    if !a.reason.is_error() {
+                        let reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                        self.write_packet(&self.ack_reason(AckKind::PubRel, a.packet_id, reason));
                     }
-                } else if !a.reason.is_error() {
-                    let reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-                    self.write_packet(&self.ack_reason(AckKind::PubRel, a.packet_id, reason));
                 }
-            }
-            AckKind::PubComp => {
-                if self.session.on_pubcomp(a.packet_id) {
-                    self.want_drain = true;
-                }
-            }
+            },
+            AckKind::PubComp => self.completed(self.session.on_pubcomp(a.packet_id)),
             AckKind::PubRel => {
                 let reason = if self.session.inbound_qos2_release(a.packet_id) {
                     ReasonCode::SUCCESS
@@ -324,6 +359,16 @@ where
             }
         }
         Ok(())
+    }
+
+    /// An outbound exchange ended (`None`: the id was unknown): room in
+    /// the window; a durable message leaves its queue.
+    fn completed(&mut self, done: Option<Option<u64>>) {
+        let Some(durable) = done else { return };
+        if let Some(seq) = durable {
+            self.broker.durable().trim(self.session.client_id(), seq);
+        }
+        self.want_drain = true;
     }
 
     async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {

@@ -43,6 +43,7 @@ use tokio::time::{Instant, Sleep};
 use crate::auth::ClientAcl;
 use crate::broker::Broker;
 use crate::deadlines::Tick;
+use crate::durable::{Stored, StoredWaiter};
 use crate::forward::AckWaiter;
 use crate::ids::Epoch;
 use crate::session::{Kick, Session};
@@ -196,12 +197,16 @@ impl RateLimiter {
     }
 }
 
-/// A PUBACK/PUBREC waiting for other nodes to acknowledge the message.
+/// A PUBACK/PUBREC waiting for other nodes to acknowledge the message
+/// (`wait`) and for its durable copies to be stored (`stored`).
 pub(super) struct PendingAck {
     pub kind: AckKind,
     pub packet_id: u16,
     pub reason: ReasonCode,
     pub wait: Option<AckWaiter>,
+    pub stored: Option<StoredWaiter>,
+    /// What `stored` answered, once it did.
+    pub outcome: Option<Stored>,
 }
 
 /// 5.0 topic aliases of one connection.
@@ -376,10 +381,9 @@ where
                 return self.check_deadlines();
             }
             Event::AckConfirmed => {
-                if let Some(front) = self.acks.as_mut().and_then(|a| a.front_mut()) {
-                    front.wait = None;
+                if let Err(c) = self.flush_ready_acks() {
+                    return Some(c);
                 }
-                self.flush_ready_acks();
             }
             Event::ThrottleOver => {
                 self.throttle = None;
@@ -425,8 +429,22 @@ where
         if self.session.poll_wake(cx).is_ready() {
             return Poll::Ready(Event::Woken);
         }
-        if let Some(w) = self.acks.as_mut().and_then(|a| a.front_mut()).and_then(|a| a.wait.as_mut()) {
-            if Pin::new(w).poll(cx).is_ready() {
+        if let Some(front) = self.acks.as_mut().and_then(|a| a.front_mut()) {
+            let mut progressed = false;
+            if let Some(w) = front.wait.as_mut() {
+                if Pin::new(w).poll(cx).is_ready() {
+                    front.wait = None;
+                    progressed = true;
+                }
+            }
+            if let Some(w) = front.stored.as_mut() {
+                if let Poll::Ready(r) = Pin::new(w).poll(cx) {
+                    front.stored = None;
+                    front.outcome = Some(r.unwrap_or(Stored::Unavailable));
+                    progressed = true;
+                }
+            }
+            if progressed {
                 return Poll::Ready(Event::AckConfirmed);
             }
         }

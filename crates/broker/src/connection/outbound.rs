@@ -50,6 +50,15 @@ where
         Ok(())
     }
 
+    /// Drops an inflight message that will never be sent (a durable one
+    /// leaves its queue too).
+    fn discard(&mut self, packet_id: u16) {
+        if let Some(seq) = self.session.discard_inflight(packet_id) {
+            self.broker.durable().trim(self.session.client_id(), seq);
+        }
+        self.want_drain = true;
+    }
+
     /// Resends what a resumed session left unacknowledged.
     pub(super) fn resend(&mut self, items: Vec<Outgoing>) {
         let now = StdInstant::now();
@@ -67,6 +76,7 @@ where
             Outgoing::Publish { delivery, packet_id, dup } => {
                 self.send_publish(&delivery, packet_id, dup, now)
             }
+            Outgoing::Expired { seq } => self.broker.durable().trim(self.session.client_id(), seq),
         }
     }
 
@@ -81,8 +91,7 @@ where
             // brought it here (wildcard subscription, retained, will).
             self.broker.metrics().dropped(DropReason::NotAuthorized, d.qos);
             if d.qos != QoS::AtMostOnce {
-                self.session.discard_inflight(packet_id);
-                self.want_drain = true;
+                self.discard(packet_id);
             }
             return;
         }
@@ -130,8 +139,7 @@ where
             // (MQTT-3.1.2-25) and count it.
             self.broker.metrics().dropped(DropReason::TooLarge, d.qos);
             if d.qos != QoS::AtMostOnce {
-                self.session.discard_inflight(packet_id);
-                self.want_drain = true;
+                self.discard(packet_id);
             }
             return;
         }

@@ -15,9 +15,11 @@ use starling_codec::ReasonCode;
 
 use crate::auth::AuthService;
 use crate::ids::{ClientId, Epoch, NodeId};
+use crate::message::{Delivery, DurableRef};
 use crate::metrics::Metrics;
 use crate::registry::SessionRegistry;
 use crate::replicated::change::StateChange;
+use crate::replicated::queue::QueuedMessage;
 use crate::replicated::records::{SessionRecord, Subscription};
 use crate::replicated::state::ReplicatedState;
 use crate::retained::RetainedStore;
@@ -115,16 +117,42 @@ impl LocalState {
 
     fn apply_one(&self, time_ms: u64, now: Instant, change: StateChange) {
         match change {
-            StateChange::SessionClaimed { client, epoch, taken_over, filters } => {
-                self.claimed(client, epoch, taken_over, filters)
+            StateChange::SessionClaimed { client, epoch, taken_over, filters, durable, queued } => {
+                let runtime = self.claimed(client, epoch, taken_over, &filters, durable);
+                if let Some(r) = runtime {
+                    // A session resumed here delivers from its replicated
+                    // queue (possibly sent before, by another node).
+                    let entries = queued.iter().map(|e| (durable_delivery(e, time_ms, now, true), e.released));
+                    r.load_durable(entries.collect());
+                }
             }
-            StateChange::SessionAdopted { client, owner, orphaned, filters } => {
-                self.adopted(client, owner, orphaned, filters)
+            StateChange::SessionAdopted { client, owner, orphaned, filters, durable } => {
+                self.adopted(client, owner, orphaned, filters, durable)
             }
             StateChange::SessionEnded { client, expired } => self.ended(&client, expired),
-            StateChange::SubscriptionAdded { client, owner, filter, subscription } => {
+            StateChange::SubscriptionAdded { client, owner, filter, subscription, durable } => {
                 let target = self.target(&client, owner);
-                self.views.routes.insert(&filter, route(client, subscription, target));
+                self.views.routes.insert(&filter, route(client, subscription, target, durable));
+            }
+            StateChange::Queued { client, owner, entry } => {
+                if owner == Some(self.node) {
+                    if let Some(r) = self.views.registry.get(&client) {
+                        r.enqueue(durable_delivery(&entry, time_ms, now, false));
+                    }
+                }
+            }
+            StateChange::QueueFull { owner, qos, .. } => {
+                if owner == Some(self.node) {
+                    self.metrics.durable_queue_full.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.dropped(crate::metrics::DropReason::QueueFull, qos);
+                }
+            }
+            StateChange::Released { client, owner, seqs } => {
+                if owner == Some(self.node) {
+                    if let Some(r) = self.views.registry.get(&client) {
+                        r.release_committed(&seqs);
+                    }
+                }
             }
             StateChange::SubscriptionRemoved { client, filter } => {
                 self.views.routes.remove(&filter, &client);
@@ -144,7 +172,15 @@ impl LocalState {
         }
     }
 
-    fn claimed(&self, client: ClientId, epoch: Epoch, taken_over: Option<Epoch>, filters: Vec<TopicFilter>) {
+    /// Returns the session's runtime when it is now owned here.
+    fn claimed(
+        &self,
+        client: ClientId,
+        epoch: Epoch,
+        taken_over: Option<Epoch>,
+        filters: &[TopicFilter],
+        durable: bool,
+    ) -> Option<Arc<Session>> {
         if let Some(old) = taken_over.filter(|e| e.node == self.node) {
             self.views.registry.kick(&client, Some(old), ReasonCode::SESSION_TAKEN_OVER);
         }
@@ -163,6 +199,7 @@ impl LocalState {
                 // offline runtime holds the session's place.
                 None => self.runtime(&client),
             };
+            runtime.set_durable(durable);
             RouteTarget::Local(runtime)
         } else {
             // The session lives on another node now; what a runtime of it
@@ -172,8 +209,12 @@ impl LocalState {
             }
             RouteTarget::Remote(epoch.node)
         };
-        for f in &filters {
-            self.views.routes.retarget(f, &client, target.clone());
+        for f in filters {
+            self.views.routes.retarget(f, &client, target.clone(), durable);
+        }
+        match target {
+            RouteTarget::Local(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -183,6 +224,7 @@ impl LocalState {
         owner: Option<NodeId>,
         orphaned: Option<Epoch>,
         filters: Vec<TopicFilter>,
+        durable: bool,
     ) {
         if let Some(e) = orphaned.filter(|e| e.node == self.node) {
             // This node was declared gone while the client was still
@@ -204,7 +246,7 @@ impl LocalState {
             }
         };
         for f in &filters {
-            self.views.routes.retarget(f, &client, target.clone());
+            self.views.routes.retarget(f, &client, target.clone(), durable);
         }
     }
 
@@ -245,10 +287,10 @@ impl LocalState {
     /// Makes the route of `client` for `filter` what its applied session
     /// record says (a provisional route taken back).
     pub fn restore_route(&self, rec: Option<&SessionRecord>, client: &ClientId, filter: &TopicFilter) {
-        match rec.and_then(|r| r.subscriptions.get(filter).map(|s| (*s, r.owner))) {
-            Some((sub, owner)) => {
+        match rec.and_then(|r| r.subscriptions.get(filter).map(|s| (*s, r.owner, r.expiry_interval > 0))) {
+            Some((sub, owner, durable)) => {
                 let target = self.target(client, owner);
-                self.views.routes.insert(filter, route(client.clone(), sub, target));
+                self.views.routes.insert(filter, route(client.clone(), sub, target, durable));
             }
             None => {
                 self.views.routes.remove(filter, client);
@@ -279,13 +321,33 @@ impl LocalState {
         }
         for (client, rec) in state.sessions() {
             let target = self.target(client, rec.owner);
+            let durable = rec.expiry_interval > 0;
             for (filter, sub) in &rec.subscriptions {
-                self.views.routes.insert(filter, route(client.clone(), *sub, target.clone()));
+                self.views.routes.insert(filter, route(client.clone(), *sub, target.clone(), durable));
+            }
+            if let RouteTarget::Local(r) = &target {
+                r.set_durable(durable);
+                if let Some(q) = state.queue(client) {
+                    let entries = q.entries().iter().map(|e| (durable_delivery(e, state.time_ms(), now, true), e.released));
+                    r.load_durable(entries.collect());
+                }
             }
         }
     }
 }
 
-fn route(client: ClientId, sub: Subscription, target: RouteTarget) -> Route {
-    Route { client, options: sub.options, subscription_id: sub.id, target }
+fn route(client: ClientId, sub: Subscription, target: RouteTarget, durable: bool) -> Route {
+    Route { client, options: sub.options, subscription_id: sub.id, target, durable }
+}
+
+/// A queued durable message as a delivery of this node, its expiry mapped
+/// onto this process's clock (`time_ms` replicated is `now`).
+fn durable_delivery(e: &QueuedMessage, time_ms: u64, now: Instant, maybe_sent: bool) -> Delivery {
+    Delivery {
+        message: e.message.to_message(time_ms, now),
+        qos: e.qos,
+        retain: e.retain,
+        subscription_ids: e.subscription_ids.clone(),
+        durable: Some(DurableRef { seq: e.seq, maybe_sent }),
+    }
 }

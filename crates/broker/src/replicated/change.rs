@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use starling_codec::MqttStr;
+use starling_codec::{MqttStr, QoS};
 
 use crate::auth::AclRule;
 use crate::ids::{ClientId, Epoch, NodeId};
+use crate::replicated::queue::QueuedMessage;
 use crate::replicated::records::{StoredMessage, Subscription};
 use crate::topic::TopicFilter;
 
@@ -20,12 +21,17 @@ pub enum StateChange {
     /// Connection `epoch` (on node `epoch.node`) now owns `client`. A
     /// connection that was still live (`taken_over`) must close with
     /// "session taken over". `filters`: the subscriptions the session
-    /// kept (resumed), whose routes now lead to the new owner.
+    /// kept (resumed), whose routes now lead to the new owner; `durable`:
+    /// the session is persistent (its QoS 1/2 messages are queued in the
+    /// replicated state); `queued`: what its durable queue holds, for the
+    /// new owner to deliver.
     SessionClaimed {
         client: ClientId,
         epoch: Epoch,
         taken_over: Option<Epoch>,
         filters: Vec<TopicFilter>,
+        durable: bool,
+        queued: Vec<QueuedMessage>,
     },
     /// The session changed hands without a connection (its node was
     /// reset): `owner` queues for it now (`None`: nobody). A connection
@@ -36,6 +42,7 @@ pub enum StateChange {
         owner: Option<NodeId>,
         orphaned: Option<Epoch>,
         filters: Vec<TopicFilter>,
+        durable: bool,
     },
     /// The session no longer exists (expiry 0 release, clean start,
     /// expiry, node reset of a clean session).
@@ -48,6 +55,7 @@ pub enum StateChange {
         owner: Option<NodeId>,
         filter: TopicFilter,
         subscription: Subscription,
+        durable: bool,
     },
     SubscriptionRemoved {
         client: ClientId,
@@ -64,6 +72,12 @@ pub enum StateChange {
         message: StoredMessage,
         counted_by: Option<NodeId>,
     },
+    /// A message entered the durable queue of `client`; its owner delivers it.
+    Queued { client: ClientId, owner: Option<NodeId>, entry: QueuedMessage },
+    /// A message for `client` was dropped: its durable queue is full.
+    QueueFull { client: ClientId, owner: Option<NodeId>, qos: QoS },
+    /// PUBREC of these QoS 2 messages is recorded: the owner may send PUBREL.
+    Released { client: ClientId, owner: Option<NodeId>, seqs: Vec<u64> },
     UsersChanged(BTreeMap<String, String>),
     AclChanged(Vec<AclRule>),
 }

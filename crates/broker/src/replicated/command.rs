@@ -10,6 +10,7 @@ use starling_codec::MqttStr;
 
 use crate::auth::AclRule;
 use crate::ids::{ClientId, Epoch, NodeId};
+use crate::replicated::queue::{DurableTarget, QueueLimits};
 use crate::replicated::records::{StoredMessage, Subscription};
 use crate::topic::TopicFilter;
 use crate::will::WillSpec;
@@ -80,6 +81,20 @@ pub enum Command {
     /// come, as of the entry's time. Proposed by whoever keeps time (the
     /// Raft leader, the in-memory port's clock) when `next_due_ms` passed.
     Tick,
+    /// A QoS 1/2 message for persistent sessions, stored in their durable
+    /// queues before its publisher is acknowledged. Its expiry is
+    /// `expires_in_ms` after the entry's time.
+    Enqueue {
+        message: StoredMessage,
+        expires_in_ms: Option<u64>,
+        targets: Vec<DurableTarget>,
+        limits: QueueLimits,
+    },
+    /// These queued messages are done with (PUBACK, PUBCOMP, expired).
+    Trim { client: ClientId, seqs: Vec<u64> },
+    /// The subscriber answered PUBREC for these QoS 2 messages: from now on
+    /// only PUBREL is resent for them.
+    MarkReleased { client: ClientId, seqs: Vec<u64> },
     /// Adds or replaces a user (argon2id hash).
     UserSet {
         name: String,
@@ -133,6 +148,9 @@ pub enum CommandResult {
     Unsubscribed(Vec<bool>),
     /// Whether the user or rule existed.
     Removed(bool),
+    /// A durable message: for how many sessions it was stored, or refused
+    /// because the durable queues' byte quota is reached.
+    Enqueued { stored: u32, refused: bool },
     /// The command named a connection that no longer owns the session.
     NotOwner,
     Done,

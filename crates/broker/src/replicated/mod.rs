@@ -7,6 +7,8 @@
 //! - `change`: the `StateChange` vocabulary (session claimed, adopted,
 //!   ended; subscription added, removed; retained set; will published;
 //!   users, rules).
+//! - `queue`: the durable queues of persistent sessions (QoS 1/2 messages
+//!   stored on a majority before their publisher is acknowledged).
 //! - `applier`: `LocalState`, which carries the changes out on this node's
 //!   sessions and views — the broker's rules, written once.
 //!
@@ -17,6 +19,7 @@
 mod applier;
 mod change;
 mod command;
+mod queue;
 mod records;
 mod state;
 #[cfg(test)]
@@ -25,6 +28,7 @@ mod tests;
 pub use applier::{LocalState, Views};
 pub use change::StateChange;
 pub use command::{Command, CommandResult, WillOnRelease};
+pub use queue::{packet_id_for, DurableQueue, DurableTarget, QueueLimits, QueuedMessage, MAX_PER_SESSION};
 pub use records::{expires_in_ms, SessionRecord, StoredMessage, Subscription};
 pub use state::ReplicatedState;
 

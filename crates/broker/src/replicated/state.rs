@@ -19,6 +19,7 @@ use crate::auth::AclRule;
 use crate::ids::{ClientId, Epoch, NodeId};
 use crate::replicated::change::StateChange;
 use crate::replicated::command::{Command, CommandResult, WillOnRelease};
+use crate::replicated::queue::{cost_for, DurableQueue, DurableTarget, QueueLimits, MAX_PER_SESSION};
 use crate::replicated::records::{SessionRecord, StoredMessage, Subscription};
 use crate::topic::TopicFilter;
 use crate::will::WillSpec;
@@ -37,10 +38,15 @@ pub struct ReplicatedState {
     users: BTreeMap<String, String>,
     /// ACL rules managed with `starling acl ...`, in evaluation order.
     acl: Vec<AclRule>,
+    /// Durable queues of persistent sessions (queue.rs).
+    queues: BTreeMap<ClientId, DurableQueue>,
     /// (due time, client) of every session with a delayed will or an
     /// expiry ahead. Derived from `sessions`; rebuilt when read back.
     #[serde(skip)]
     due: BTreeSet<(u64, ClientId)>,
+    /// Bytes the durable queues hold (derived).
+    #[serde(skip)]
+    queued_bytes: u64,
 }
 
 /// The stored form: the state without its derived index.
@@ -52,11 +58,13 @@ struct StateData {
     time_ms: u64,
     users: BTreeMap<String, String>,
     acl: Vec<AclRule>,
+    queues: BTreeMap<ClientId, DurableQueue>,
 }
 
 impl From<StateData> for ReplicatedState {
     fn from(d: StateData) -> ReplicatedState {
         let due = d.sessions.iter().filter_map(|(c, r)| r.next_due_ms().map(|t| (t, c.clone()))).collect();
+        let queued_bytes = d.queues.values().map(DurableQueue::bytes).sum();
         ReplicatedState {
             sessions: d.sessions,
             retained: d.retained,
@@ -64,7 +72,9 @@ impl From<StateData> for ReplicatedState {
             time_ms: d.time_ms,
             users: d.users,
             acl: d.acl,
+            queues: d.queues,
             due,
+            queued_bytes,
         }
     }
 }
@@ -105,6 +115,21 @@ impl ReplicatedState {
 
     pub fn acl(&self) -> &[AclRule] {
         &self.acl
+    }
+
+    /// The durable queue of `client`, if it has one.
+    pub fn queue(&self, client: &ClientId) -> Option<&DurableQueue> {
+        self.queues.get(client)
+    }
+
+    /// Bytes all durable queues hold.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
+    /// Messages all durable queues hold.
+    pub fn queued_messages(&self) -> u64 {
+        self.queues.values().map(|q| q.len() as u64).sum()
     }
 
     /// The earliest delayed will or session expiry ahead (replicated time).
@@ -150,6 +175,26 @@ impl ReplicatedState {
                 self.tick(now, out);
                 CommandResult::Done
             }
+            Command::Enqueue { message, expires_in_ms, targets, limits } => {
+                let message = StoredMessage { expires_at_ms: expires_in_ms.map(|ms| now.saturating_add(ms)), ..message };
+                self.enqueue(message, targets, limits, out)
+            }
+            Command::Trim { client, seqs } => {
+                if let Some(q) = self.queues.get_mut(&client) {
+                    self.queued_bytes -= q.trim(&seqs);
+                }
+                CommandResult::Done
+            }
+            Command::MarkReleased { client, seqs } => {
+                if let Some(q) = self.queues.get_mut(&client) {
+                    let seqs = q.release(&seqs);
+                    if !seqs.is_empty() {
+                        let owner = self.sessions.get(&client).and_then(|r| r.owner);
+                        out.push(StateChange::Released { client, owner, seqs });
+                    }
+                }
+                CommandResult::Done
+            }
             Command::UserSet { name, hash } => {
                 self.users.insert(name, hash);
                 out.push(StateChange::UsersChanged(self.users.clone()));
@@ -178,6 +223,7 @@ impl ReplicatedState {
     }
 
     fn claim(&mut self, now: u64, c: Claim, out: &mut Vec<StateChange>) -> CommandResult {
+        let durable = c.expiry_interval > 0;
         let Some(prev) = self.sessions.get(&c.client) else {
             self.insert_session(c.client.clone(), new_record(&c));
             out.push(StateChange::SessionClaimed {
@@ -185,6 +231,8 @@ impl ReplicatedState {
                 epoch: c.epoch,
                 taken_over: None,
                 filters: Vec::new(),
+                durable,
+                queued: Vec::new(),
             });
             return CommandResult::Claimed { session_present: false, previous_owner: None };
         };
@@ -213,6 +261,8 @@ impl ReplicatedState {
                 epoch: c.epoch,
                 taken_over,
                 filters: Vec::new(),
+                durable,
+                queued: Vec::new(),
             });
             return CommandResult::Claimed { session_present: false, previous_owner };
         }
@@ -228,7 +278,15 @@ impl ReplicatedState {
                 rec.filters()
             })
             .unwrap_or_default();
-        out.push(StateChange::SessionClaimed { client: c.client, epoch: c.epoch, taken_over, filters });
+        let queued = self.queues.get(&c.client).map(|q| q.entries().iter().cloned().collect()).unwrap_or_default();
+        out.push(StateChange::SessionClaimed {
+            client: c.client,
+            epoch: c.epoch,
+            taken_over,
+            filters,
+            durable,
+            queued,
+        });
         CommandResult::Claimed { session_present: true, previous_owner }
     }
 
@@ -283,6 +341,7 @@ impl ReplicatedState {
             return CommandResult::NotOwner;
         };
         let mut existed = Vec::with_capacity(subs.len());
+        let durable = rec.expiry_interval > 0;
         for (filter, subscription) in subs {
             existed.push(rec.subscriptions.insert(filter.clone(), subscription).is_some());
             out.push(StateChange::SubscriptionAdded {
@@ -290,6 +349,7 @@ impl ReplicatedState {
                 owner: rec.owner,
                 filter,
                 subscription,
+                durable,
             });
         }
         CommandResult::Subscribed(existed)
@@ -360,6 +420,7 @@ impl ReplicatedState {
                         owner: None,
                         orphaned: Some(epoch),
                         filters: Vec::new(),
+                        durable: false,
                     });
                 }
                 self.end_session(&client, false, out);
@@ -379,7 +440,7 @@ impl ReplicatedState {
                     rec.filters()
                 })
                 .unwrap_or_default();
-            out.push(StateChange::SessionAdopted { client, owner: adopter, orphaned, filters });
+            out.push(StateChange::SessionAdopted { client, owner: adopter, orphaned, filters, durable: true });
         }
     }
 
@@ -411,7 +472,44 @@ impl ReplicatedState {
         }
     }
 
+    /// Stores a durable message in the queues of the persistent sessions
+    /// among `targets`, unless it would pass the byte quota.
+    fn enqueue(
+        &mut self,
+        message: StoredMessage,
+        targets: Vec<DurableTarget>,
+        limits: QueueLimits,
+        out: &mut Vec<StateChange>,
+    ) -> CommandResult {
+        let targets: Vec<DurableTarget> = targets
+            .into_iter()
+            .filter(|t| self.sessions.get(&t.client).is_some_and(|r| r.expiry_interval > 0))
+            .collect();
+        if self.queued_bytes + cost_for(&message, targets.len()) > limits.total_bytes {
+            return CommandResult::Enqueued { stored: 0, refused: true };
+        }
+        let per_session = limits.per_session.min(MAX_PER_SESSION) as usize;
+        let message = std::sync::Arc::new(message);
+        let mut stored = 0;
+        for t in targets {
+            let owner = self.sessions.get(&t.client).and_then(|r| r.owner);
+            let q = self.queues.entry(t.client.clone()).or_default();
+            if q.len() >= per_session {
+                out.push(StateChange::QueueFull { client: t.client, owner, qos: t.qos });
+                continue;
+            }
+            let entry = q.push(message.clone(), &t);
+            self.queued_bytes += cost_for(&message, 1);
+            stored += 1;
+            out.push(StateChange::Queued { client: t.client, owner, entry });
+        }
+        CommandResult::Enqueued { stored, refused: false }
+    }
+
     fn end_session(&mut self, client: &ClientId, expired: bool, out: &mut Vec<StateChange>) {
+        if let Some(q) = self.queues.remove(client) {
+            self.queued_bytes -= q.bytes();
+        }
         if let Some(rec) = self.remove_session(client) {
             for filter in rec.subscriptions.into_keys() {
                 out.push(StateChange::SubscriptionRemoved { client: client.clone(), filter });

@@ -76,7 +76,9 @@ fn claim_resume_and_takeover() {
             client: c("c"),
             epoch: ep(2, 5),
             taken_over: Some(ep(1, 1)),
-            filters: vec![f("a/#")]
+            filters: vec![f("a/#")],
+            durable: true,
+            queued: vec![],
         }]
     );
     // The old connection can no longer change the session.
@@ -194,7 +196,8 @@ fn node_reset_publishes_wills_ends_clean_sessions_and_moves_persistent_ones() {
         client: c("a"),
         owner: None,
         orphaned: Some(ep(2, 1)),
-        filters: vec![]
+        filters: vec![],
+        durable: false,
     }));
     assert!(s.session(&c("a")).is_none());
     // b: will scheduled, session adopted by node 1 with its routes.
@@ -204,7 +207,8 @@ fn node_reset_publishes_wills_ends_clean_sessions_and_moves_persistent_ones() {
         client: c("b"),
         owner: Some(NodeId(1)),
         orphaned: Some(ep(2, 2)),
-        filters: vec![f("t")]
+        filters: vec![f("t")],
+        durable: true,
     }));
     assert!(s.session(&c("other")).unwrap().connected, "other nodes' sessions untouched");
     // The delayed will comes due.
