@@ -3,6 +3,7 @@
 //! membership through the admin CLI, and hostile clients against a node
 //! whose memory is measured.
 
+mod durable;
 mod failures;
 mod hostile;
 mod membership;

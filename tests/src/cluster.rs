@@ -194,13 +194,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes: node 1 bootstraps, the others join through it.
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[]).await
+    }
+
+    /// Starts `n` nodes, each with `extra` command-line arguments.
+    pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = Cluster { nodes: Vec::new(), dir };
         if n == 0 {
             return c;
         }
         for i in 1..=n as u64 {
-            c.add_node(i, Vec::new());
+            c.add_node(i, extra.iter().map(|s| s.to_string()).collect());
             let join = if i == 1 { None } else { Some(c.nodes[0].grpc) };
             c.nodes.last_mut().expect("node").spawn(join);
             c.wait_ready(i).await;
@@ -328,6 +333,15 @@ impl Cluster {
     /// The last lines of every node's log, for failure messages.
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| format!("--- node {} ---\n{}\n", n.id, n.log_tail())).collect()
+    }
+
+    /// A metric of node `id` (the first line of it in `/metrics`).
+    pub async fn metric(&self, id: u64, name: &str) -> f64 {
+        let (_, body) = crate::http_get(self.node(id).http, "/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found on node {id}"))
     }
 
     /// `cluster status --json` as seen through node `id`.

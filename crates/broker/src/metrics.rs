@@ -290,7 +290,13 @@ impl Metrics {
         for (name, help, c) in durable {
             g(&mut s, name, help, "counter", load(c));
         }
-        g(&mut s, "starling_durable_queued_bytes", "Bytes held by the durable queues (cluster-wide).", "gauge", gauges.durable_bytes);
+        g(
+            &mut s,
+            "starling_durable_queued_bytes",
+            "Bytes held by the durable queues (cluster-wide).",
+            "gauge",
+            gauges.durable_bytes,
+        );
         g(
             &mut s,
             "starling_durable_queued_messages",

@@ -329,7 +329,13 @@ impl RouteTable {
 
     /// Points an existing subscription at a new target (a session that
     /// moved between nodes). Returns false if there is no such entry.
-    pub fn retarget(&self, filter: &TopicFilter, client: &ClientId, target: RouteTarget, durable: bool) -> bool {
+    pub fn retarget(
+        &self,
+        filter: &TopicFilter,
+        client: &ClientId,
+        target: RouteTarget,
+        durable: bool,
+    ) -> bool {
         let levels: Vec<&str> = filter.filter().split('/').collect();
         let mut root = self.root.write();
         match root.find_leaf(&levels).and_then(|l| l.get_mut(filter.share_group(), client)) {

@@ -53,10 +53,18 @@ pub struct Inflight {
 /// What a connection should (re)send, or report.
 #[derive(Debug)]
 pub enum Outgoing {
-    Publish { delivery: Delivery, packet_id: u16, dup: bool },
-    PubRel { packet_id: u16 },
+    Publish {
+        delivery: Delivery,
+        packet_id: u16,
+        dup: bool,
+    },
+    PubRel {
+        packet_id: u16,
+    },
     /// A durable message expired before it was sent: trim it.
-    Expired { seq: u64 },
+    Expired {
+        seq: u64,
+    },
 }
 
 /// What a PUBREC from the client means.
@@ -250,7 +258,11 @@ impl Session {
                 let Some(r) = d.durable.filter(|r| !present.contains(&r.seq)) else { continue };
                 if released {
                     let packet_id = packet_id_for(r.seq);
-                    st.inflight.push_back(Inflight { packet_id, delivery: d, state: InflightState::AwaitPubComp });
+                    st.inflight.push_back(Inflight {
+                        packet_id,
+                        delivery: d,
+                        state: InflightState::AwaitPubComp,
+                    });
                 } else {
                     front.push(d);
                 }
@@ -268,7 +280,9 @@ impl Session {
             let mut st = self.state.lock();
             let mut due = Vec::new();
             for i in st.inflight.iter_mut() {
-                if i.state == InflightState::AwaitRelease && i.delivery.durable.is_some_and(|r| seqs.contains(&r.seq)) {
+                if i.state == InflightState::AwaitRelease
+                    && i.delivery.durable.is_some_and(|r| seqs.contains(&r.seq))
+                {
                     i.state = InflightState::AwaitPubComp;
                     due.push(i.packet_id);
                 }
@@ -350,9 +364,11 @@ impl Session {
             .inflight
             .iter()
             .filter_map(|i| match i.state {
-                InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
-                    Some(Outgoing::Publish { delivery: i.delivery.clone(), packet_id: i.packet_id, dup: true })
-                }
+                InflightState::AwaitPubAck | InflightState::AwaitPubRec => Some(Outgoing::Publish {
+                    delivery: i.delivery.clone(),
+                    packet_id: i.packet_id,
+                    dup: true,
+                }),
                 InflightState::AwaitPubComp => Some(Outgoing::PubRel { packet_id: i.packet_id }),
                 InflightState::AwaitRelease => None,
             })
@@ -555,7 +571,9 @@ impl Session {
         let Some(i) = st.inflight.get_mut(pos) else { return PubRecOutcome::Unknown };
         match (i.state, i.delivery.durable) {
             (InflightState::AwaitPubAck, _) => PubRecOutcome::Unknown,
-            (InflightState::AwaitRelease, _) => PubRecOutcome::Release { seq: i.delivery.durable.map_or(0, |r| r.seq) },
+            (InflightState::AwaitRelease, _) => {
+                PubRecOutcome::Release { seq: i.delivery.durable.map_or(0, |r| r.seq) }
+            }
             (_, Some(r)) => {
                 i.state = InflightState::AwaitRelease;
                 PubRecOutcome::Release { seq: r.seq }
@@ -676,7 +694,11 @@ mod tests {
         assert_eq!(ids, vec![1, 2, 0]);
         assert_eq!(s.inflight_len(), 2);
         assert!(s.on_pubcomp(2).is_none(), "PUBCOMP before PUBREC is not accepted");
-        assert_eq!(s.on_pubrec(1, false), PubRecOutcome::Unknown, "PUBREC for a QoS 1 message is not accepted");
+        assert_eq!(
+            s.on_pubrec(1, false),
+            PubRecOutcome::Unknown,
+            "PUBREC for a QoS 1 message is not accepted"
+        );
         assert_eq!(s.on_puback(1), Some(None));
         assert!(s.on_puback(1).is_none(), "second PUBACK is unknown");
         assert_eq!(s.on_pubrec(2, false), PubRecOutcome::SendPubRel);

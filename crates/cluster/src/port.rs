@@ -118,7 +118,8 @@ impl StatePort for ClusterPort {
         if !self.readiness.is_ready() {
             return Err(PortError::Unavailable("this node is not connected to a quorum".into()));
         }
-        let (results, _) = self.writer.write_all(cmds).await.map_err(|e| PortError::Unavailable(e.to_string()))?;
+        let (results, _) =
+            self.writer.write_all(cmds).await.map_err(|e| PortError::Unavailable(e.to_string()))?;
         Ok(results)
     }
 

@@ -200,10 +200,13 @@ async fn batcher(proposer: Proposer, mut rx: mpsc::Receiver<Job>) {
 
 async fn propose_jobs(p: &Proposer, jobs: Vec<Job>) {
     let sizes: Vec<usize> = jobs.iter().map(|j| j.cmds.len()).collect();
-    let (commands, replies): (Vec<Vec<Command>>, Vec<_>) = jobs.into_iter().map(|j| (j.cmds, j.reply)).unzip();
+    let (commands, replies): (Vec<Vec<Command>>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.cmds, j.reply)).unzip();
     let outcome = match p.propose(commands.into_iter().flatten().collect(), 0).await {
         Ok((results, index)) if p.sm.wait_applied(index, p.timeout).await => Ok((results, index)),
-        Ok((_, index)) => Err(WriteError::Failed(format!("entry {index} committed but not applied here in time"))),
+        Ok((_, index)) => {
+            Err(WriteError::Failed(format!("entry {index} committed but not applied here in time")))
+        }
         Err(e) => Err(e),
     };
     match outcome {

@@ -11,10 +11,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Conn, PendingAck};
 use crate::auth::Action;
+use crate::durable::Stored;
 use crate::message::{Message, MessageProperties};
 use crate::ops::SubscribeRequest;
 use crate::port::PortError;
-use crate::durable::Stored;
 use crate::session::{PubRecOutcome, Qos2Begin};
 use crate::topic::{validate_topic_name, TopicFilter};
 
@@ -279,7 +279,11 @@ where
             if a.reason == ReasonCode::SERVER_UNAVAILABLE && !self.neg.version.is_v5() {
                 return Err(Close::Kicked(ReasonCode::SERVER_UNAVAILABLE));
             }
-            let reason = if a.reason == ReasonCode::SERVER_UNAVAILABLE { ReasonCode::UNSPECIFIED_ERROR } else { a.reason };
+            let reason = if a.reason == ReasonCode::SERVER_UNAVAILABLE {
+                ReasonCode::UNSPECIFIED_ERROR
+            } else {
+                a.reason
+            };
             if a.kind == AckKind::PubRec && reason.is_error() {
                 // An error PUBREC ends the exchange: the id is free again.
                 self.session.inbound_qos2_release(a.packet_id);
@@ -339,7 +343,9 @@ where
                     self.write_packet(&Packet::Ack(Ack::new(AckKind::PubRel, a.packet_id)));
                 }
                 // PUBREL goes out once the release is replicated.
-                PubRecOutcome::Release { seq } => self.broker.durable().release(self.session.client_id(), seq),
+                PubRecOutcome::Release { seq } => {
+                    self.broker.durable().release(self.session.client_id(), seq)
+                }
                 PubRecOutcome::Ended { seq } => self.completed(Some(seq)),
                 PubRecOutcome::Unknown => {
                     if !a.reason.is_error() {

@@ -122,7 +122,8 @@ impl LocalState {
                 if let Some(r) = runtime {
                     // A session resumed here delivers from its replicated
                     // queue (possibly sent before, by another node).
-                    let entries = queued.iter().map(|e| (durable_delivery(e, time_ms, now, true), e.released));
+                    let entries =
+                        queued.iter().map(|e| (durable_delivery(e, time_ms, now, true), e.released));
                     r.load_durable(entries.collect());
                 }
             }
@@ -328,7 +329,10 @@ impl LocalState {
             if let RouteTarget::Local(r) = &target {
                 r.set_durable(durable);
                 if let Some(q) = state.queue(client) {
-                    let entries = q.entries().iter().map(|e| (durable_delivery(e, state.time_ms(), now, true), e.released));
+                    let entries = q
+                        .entries()
+                        .iter()
+                        .map(|e| (durable_delivery(e, state.time_ms(), now, true), e.released));
                     r.load_durable(entries.collect());
                 }
             }

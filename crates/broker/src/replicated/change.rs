@@ -73,11 +73,23 @@ pub enum StateChange {
         counted_by: Option<NodeId>,
     },
     /// A message entered the durable queue of `client`; its owner delivers it.
-    Queued { client: ClientId, owner: Option<NodeId>, entry: QueuedMessage },
+    Queued {
+        client: ClientId,
+        owner: Option<NodeId>,
+        entry: QueuedMessage,
+    },
     /// A message for `client` was dropped: its durable queue is full.
-    QueueFull { client: ClientId, owner: Option<NodeId>, qos: QoS },
+    QueueFull {
+        client: ClientId,
+        owner: Option<NodeId>,
+        qos: QoS,
+    },
     /// PUBREC of these QoS 2 messages is recorded: the owner may send PUBREL.
-    Released { client: ClientId, owner: Option<NodeId>, seqs: Vec<u64> },
+    Released {
+        client: ClientId,
+        owner: Option<NodeId>,
+        seqs: Vec<u64>,
+    },
     UsersChanged(BTreeMap<String, String>),
     AclChanged(Vec<AclRule>),
 }

@@ -91,10 +91,16 @@ pub enum Command {
         limits: QueueLimits,
     },
     /// These queued messages are done with (PUBACK, PUBCOMP, expired).
-    Trim { client: ClientId, seqs: Vec<u64> },
+    Trim {
+        client: ClientId,
+        seqs: Vec<u64>,
+    },
     /// The subscriber answered PUBREC for these QoS 2 messages: from now on
     /// only PUBREL is resent for them.
-    MarkReleased { client: ClientId, seqs: Vec<u64> },
+    MarkReleased {
+        client: ClientId,
+        seqs: Vec<u64>,
+    },
     /// Adds or replaces a user (argon2id hash).
     UserSet {
         name: String,
@@ -150,7 +156,10 @@ pub enum CommandResult {
     Removed(bool),
     /// A durable message: for how many sessions it was stored, or refused
     /// because the durable queues' byte quota is reached.
-    Enqueued { stored: u32, refused: bool },
+    Enqueued {
+        stored: u32,
+        refused: bool,
+    },
     /// The command named a connection that no longer owns the session.
     NotOwner,
     Done,

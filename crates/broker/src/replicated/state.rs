@@ -176,7 +176,10 @@ impl ReplicatedState {
                 CommandResult::Done
             }
             Command::Enqueue { message, expires_in_ms, targets, limits } => {
-                let message = StoredMessage { expires_at_ms: expires_in_ms.map(|ms| now.saturating_add(ms)), ..message };
+                let message = StoredMessage {
+                    expires_at_ms: expires_in_ms.map(|ms| now.saturating_add(ms)),
+                    ..message
+                };
                 self.enqueue(message, targets, limits, out)
             }
             Command::Trim { client, seqs } => {
@@ -278,7 +281,8 @@ impl ReplicatedState {
                 rec.filters()
             })
             .unwrap_or_default();
-        let queued = self.queues.get(&c.client).map(|q| q.entries().iter().cloned().collect()).unwrap_or_default();
+        let queued =
+            self.queues.get(&c.client).map(|q| q.entries().iter().cloned().collect()).unwrap_or_default();
         out.push(StateChange::SessionClaimed {
             client: c.client,
             epoch: c.epoch,
@@ -440,7 +444,13 @@ impl ReplicatedState {
                     rec.filters()
                 })
                 .unwrap_or_default();
-            out.push(StateChange::SessionAdopted { client, owner: adopter, orphaned, filters, durable: true });
+            out.push(StateChange::SessionAdopted {
+                client,
+                owner: adopter,
+                orphaned,
+                filters,
+                durable: true,
+            });
         }
     }
 

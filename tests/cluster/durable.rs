@@ -1,0 +1,236 @@
+//! Promise 5 for persistent sessions: a QoS 1/2 message the broker
+//! acknowledged is stored on a majority, so it reaches its subscriber
+//! after the node its session was on is killed, after a handoff, and after
+//! the whole cluster restarts — in order, duplicates only at QoS 1 with
+//! DUP set, QoS 2 exactly once, and its expiry counted down throughout.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use starling_codec::{Ack, AckKind, Packet, QoS};
+use starling_tests::connect_packet;
+
+use crate::{Cluster, RawClient, V311, V5};
+
+fn ack(kind: AckKind, id: u16) -> Packet {
+    Packet::Ack(Ack::new(kind, id))
+}
+
+/// Publishes `n` QoS `qos` messages "0".."n-1" on `topic`, waiting for
+/// each acknowledgement (PUBACK, or PUBREC then PUBCOMP).
+async fn publish_acknowledged(p: &mut RawClient, topic: &str, n: u32, qos: QoS) {
+    for i in 0..n {
+        let id = (i % 60_000 + 1) as u16;
+        p.publish(topic, i.to_string().as_bytes(), qos, false, id).await;
+        match (qos, p.recv().await) {
+            (QoS::AtLeastOnce, Some(Packet::Ack(a))) if a.kind == AckKind::PubAck && a.packet_id == id => {}
+            (QoS::ExactlyOnce, Some(Packet::Ack(a))) if a.kind == AckKind::PubRec && a.packet_id == id => {
+                assert!(!a.reason.is_error(), "PUBREC {a:?}");
+                p.send(&ack(AckKind::PubRel, id)).await;
+                assert_eq!(p.recv().await, Some(ack(AckKind::PubComp, id)));
+            }
+            (_, other) => panic!("message {i}: {other:?}"),
+        }
+    }
+}
+
+/// A QoS 2 receiver with the state a real client keeps across
+/// reconnections: packet ids received and not yet released. Delivers a
+/// message once, on its first PUBLISH.
+#[derive(Default)]
+struct Qos2Receiver {
+    pending: HashSet<u16>,
+    delivered: Vec<u32>,
+}
+
+impl Qos2Receiver {
+    /// Handles one packet; PUBCOMP for a PUBREL unless `hold_pubcomp`.
+    async fn handle(&mut self, c: &mut RawClient, p: Packet, hold_pubcomp: bool) {
+        match p {
+            Packet::Publish(m) => {
+                assert_eq!(m.qos, QoS::ExactlyOnce);
+                if self.pending.insert(m.packet_id) {
+                    self.delivered.push(std::str::from_utf8(&m.payload).unwrap().parse().unwrap());
+                } else {
+                    assert!(m.dup, "a repeated PUBLISH carries DUP");
+                }
+                c.send(&ack(AckKind::PubRec, m.packet_id)).await;
+            }
+            Packet::Ack(a) if a.kind == AckKind::PubRel => {
+                self.pending.remove(&a.packet_id);
+                if !hold_pubcomp {
+                    c.send(&ack(AckKind::PubComp, a.packet_id)).await;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Receives QoS 1 messages until "0".."n-1" all arrived, acknowledging
+/// each; checks order and that every repeat has DUP set.
+async fn receive_qos1_all(s: &mut RawClient, n: u32) {
+    let mut next = 0u32;
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let p = s.recv_within(left).await.expect("messages in time").expect("connection");
+        let Packet::Publish(m) = p else { panic!("{p:?}") };
+        let v: u32 = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+        if !seen.insert(v) {
+            assert!(m.dup, "duplicate {v} without DUP");
+        } else {
+            assert_eq!(v, next, "in publisher order");
+            next += 1;
+        }
+        s.send(&ack(AckKind::PubAck, m.packet_id)).await;
+    }
+}
+
+/// Waits until `node` accepts CONNECT again after a failover.
+async fn reconnect(c: &Cluster, node: u64, connect: starling_codec::Connect) -> (RawClient, bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut cl = RawClient::tcp(c.node(node).mqtt, connect.version).await;
+        let ack = cl.handshake(connect.clone()).await;
+        if ack.code == 0 {
+            return (cl, ack.session_present);
+        }
+        assert!(Instant::now() < deadline, "node {node} kept refusing CONNECT: {:#x}", ack.code);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The scenario of the durable-sessions issue: 1,000 QoS 1 messages
+/// acknowledged while the subscriber was away, then `kill -9` of the node
+/// that held its session; all of them arrive on another node, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn qos1_messages_outlive_the_node_that_held_the_session() {
+    let mut c = Cluster::start(3).await;
+    let (mut s, _) = RawClient::connect(c.node(2).mqtt, V311, "dur-sub", false).await;
+    s.subscribe(1, "dur/t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "dur-pub", true).await;
+    publish_acknowledged(&mut p, "dur/t", 1000, QoS::AtLeastOnce).await;
+    c.kill9(2);
+    let (mut s, present) = reconnect(&c, 3, connect_packet(V311, "dur-sub", false)).await;
+    assert!(present, "session present after its node died");
+    receive_qos1_all(&mut s, 1000).await;
+    s.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// QoS 2 exactly once across a failover: the subscriber is mid-way
+/// through (some messages released and not completed, some received and
+/// not released) when its node is killed; it resumes on another node.
+#[tokio::test(flavor = "multi_thread")]
+async fn qos2_is_exactly_once_across_a_failover() {
+    let mut c = Cluster::start(3).await;
+    let (mut s, _) = RawClient::connect(c.node(2).mqtt, V311, "dur2-sub", false).await;
+    s.subscribe(1, "dur2/t", QoS::ExactlyOnce).await;
+    s.disconnect().await;
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "dur2-pub", true).await;
+    publish_acknowledged(&mut p, "dur2/t", 200, QoS::ExactlyOnce).await;
+    // Receive the first messages on node 2, holding back PUBCOMPs.
+    let (mut s, _) = RawClient::connect(c.node(2).mqtt, V311, "dur2-sub", false).await;
+    let mut r = Qos2Receiver::default();
+    while r.delivered.len() < 20 {
+        let pkt = s.recv_within(Duration::from_secs(10)).await.expect("in time").expect("open");
+        r.handle(&mut s, pkt, true).await;
+    }
+    // Let some releases commit and PUBRELs arrive, then kill the node.
+    let settle = Instant::now() + Duration::from_millis(300);
+    while let Ok(Some(pkt)) = s.recv_within(settle.saturating_duration_since(Instant::now())).await {
+        r.handle(&mut s, pkt, true).await;
+    }
+    c.kill9(2);
+    drop(s);
+    let (mut s, present) = reconnect(&c, 3, connect_packet(V311, "dur2-sub", false)).await;
+    assert!(present);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while r.delivered.len() < 200 || !r.pending.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let pkt = s.recv_within(left).await.expect("the rest in time").expect("open");
+        r.handle(&mut s, pkt, false).await;
+    }
+    assert_eq!(r.delivered, (0..200).collect::<Vec<u32>>(), "each message exactly once, in order");
+    s.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// The expiry bug of the issue: a message with a 1 s expiry queued for an
+/// offline session is not delivered 2 s later on another node; one with a
+/// longer expiry is, with the time it spent in the cluster deducted.
+#[tokio::test(flavor = "multi_thread")]
+async fn message_expiry_counts_down_across_a_handoff() {
+    let c = Cluster::start(3).await;
+    let mut conn = connect_packet(V5, "exp-sub", false);
+    conn.properties.session_expiry_interval = Some(300);
+    let (mut s, _) = RawClient::connect_with(c.node(2).mqtt, conn.clone()).await;
+    s.subscribe(1, "exp/t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V5, "exp-pub", true).await;
+    for (payload, expiry, id) in [(&b"short"[..], 1u32, 1u16), (&b"long"[..], 30, 2)] {
+        let mut m = starling_codec::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "exp/t".into(),
+            packet_id: id,
+            properties: Default::default(),
+            payload: bytes::Bytes::copy_from_slice(payload),
+        };
+        m.properties.message_expiry_interval = Some(expiry);
+        p.send(&Packet::Publish(m)).await;
+        assert!(matches!(p.recv().await, Some(Packet::Ack(_))));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut s, connack) = RawClient::connect_with(c.node(3).mqtt, conn).await;
+    assert!(connack.session_present);
+    let m = s.recv_publish().await;
+    assert_eq!(&m.payload[..], b"long", "the 1 s message expired in the cluster");
+    let left = m.properties.message_expiry_interval.expect("expiry travels");
+    assert!((1..=28).contains(&left), "about 2 s deducted from 30: {left}");
+    s.send(&ack(AckKind::PubAck, m.packet_id)).await;
+    s.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// A persistent session's durable queue holds `max_queued_messages`: the
+/// oldest are kept, the rest dropped for that session and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_durable_queue_keeps_the_oldest_and_counts_the_rest() {
+    let c = Cluster::start_with(3, &["--set", "mqtt.max_queued_messages=5"]).await;
+    let (mut s, _) = RawClient::connect(c.node(2).mqtt, V311, "full-dur", false).await;
+    s.subscribe(1, "full/dur", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "full-pub", true).await;
+    publish_acknowledged(&mut p, "full/dur", 8, QoS::AtLeastOnce).await;
+    let (mut s, _) = RawClient::connect(c.node(3).mqtt, V311, "full-dur", false).await;
+    receive_qos1_all(&mut s, 5).await;
+    s.expect_silence(Duration::from_millis(300)).await;
+    let dropped = c.metric(2, "starling_durable_queue_full_total").await;
+    assert_eq!(dropped, 3.0, "counted on the node that owned the session");
+}
+
+/// Every node stopped and started again: what was queued is still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn whole_cluster_restart_keeps_queued_messages() {
+    let mut c = Cluster::start(3).await;
+    let (mut s, _) = RawClient::connect(c.node(3).mqtt, V311, "restart-sub", false).await;
+    s.subscribe(1, "restart/t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "restart-pub", true).await;
+    publish_acknowledged(&mut p, "restart/t", 100, QoS::AtLeastOnce).await;
+    drop(p);
+    for id in 1..=3 {
+        c.kill9(id);
+    }
+    for id in 1..=3 {
+        c.launch(id, None);
+    }
+    for id in 1..=3 {
+        c.wait_ready(id).await;
+    }
+    let (mut s, present) = reconnect(&c, 1, connect_packet(V311, "restart-sub", false)).await;
+    assert!(present);
+    receive_qos1_all(&mut s, 100).await;
+}
