@@ -254,8 +254,10 @@ impl Session {
                 }
             }
             let mut front = Vec::new();
-            for (d, released) in entries {
-                let Some(r) = d.durable.filter(|r| !present.contains(&r.seq)) else { continue };
+            for (mut d, released) in entries {
+                let Some(r) = d.durable.as_mut().filter(|r| !present.contains(&r.seq)) else { continue };
+                r.maybe_sent = true;
+                let r = *r;
                 if released {
                     let packet_id = packet_id_for(r.seq);
                     st.inflight.push_back(Inflight {
@@ -776,5 +778,81 @@ mod tests {
             state: InflightState::AwaitPubAck,
         });
         assert_eq!(st.alloc_packet_id(), 3);
+    }
+
+    fn durable(qos: QoS, seq: u64) -> Delivery {
+        Delivery { durable: Some(crate::message::DurableRef { seq, maybe_sent: false }), ..delivery(qos) }
+    }
+
+    fn sent(out: &[Outgoing]) -> Vec<(u16, bool)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outgoing::Publish { packet_id, dup, .. } => Some((*packet_id, *dup)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn durable_deliveries_use_their_sequence_as_packet_id_and_wait_for_a_release() {
+        let s = session(10);
+        s.attach(epoch(1));
+        s.enqueue(delivery(QoS::AtLeastOnce)); // takes id 1
+        s.enqueue(durable(QoS::ExactlyOnce, 65_537)); // its id is 2
+        s.enqueue(durable(QoS::AtLeastOnce, 1)); // id 1: waits while it is in use
+        let mut out = Vec::new();
+        s.take_outgoing(epoch(1), 10, 10, Instant::now(), &mut out).unwrap();
+        assert_eq!(sent(&out), vec![(1, false), (2, false)]);
+        assert_eq!(s.queue_len(), 1, "id 1 is still in use");
+        assert_eq!(s.on_puback(1), Some(None));
+        out.clear();
+        s.take_outgoing(epoch(1), 10, 10, Instant::now(), &mut out).unwrap();
+        assert_eq!(sent(&out), vec![(1, false)]);
+        assert_eq!(s.on_puback(1), Some(Some(1)), "a durable PUBACK names what to trim");
+        // PUBREC of the durable QoS 2 message: PUBREL only once released.
+        assert_eq!(s.on_pubrec(2, false), PubRecOutcome::Release { seq: 65_537 });
+        out.clear();
+        s.take_outgoing(epoch(1), 10, 10, Instant::now(), &mut out).unwrap();
+        assert!(out.is_empty(), "no PUBREL before the release is replicated");
+        s.release_committed(&[65_537]);
+        s.take_outgoing(epoch(1), 10, 10, Instant::now(), &mut out).unwrap();
+        assert!(matches!(out[..], [Outgoing::PubRel { packet_id: 2 }]));
+        assert_eq!(s.on_pubcomp(2), Some(Some(65_537)));
+    }
+
+    #[test]
+    fn loading_the_replicated_queue_keeps_what_is_held_and_adds_the_rest() {
+        let s = session(10);
+        s.attach(epoch(1));
+        s.enqueue(durable(QoS::AtLeastOnce, 3));
+        s.enqueue(delivery(QoS::AtMostOnce));
+        let mut out = Vec::new();
+        s.take_outgoing(epoch(1), 10, 1, Instant::now(), &mut out).unwrap();
+        assert!(s.detach(epoch(1)));
+        // The replicated queue: 1 (released QoS 2), 2 (unknown here), 3
+        // (inflight here). 4 was trimmed: it is not in the list.
+        s.enqueue(durable(QoS::AtLeastOnce, 4));
+        let q = vec![
+            (durable(QoS::ExactlyOnce, 1), true),
+            (durable(QoS::AtLeastOnce, 2), false),
+            (durable(QoS::AtLeastOnce, 3), false),
+        ];
+        s.load_durable(q);
+        let (resend, _) = s.attach(epoch(2));
+        let resend: Vec<String> = resend
+            .iter()
+            .map(|o| match o {
+                Outgoing::Publish { packet_id, dup, .. } => {
+                    format!("P{packet_id}{}", if *dup { "d" } else { "" })
+                }
+                Outgoing::PubRel { packet_id } => format!("R{packet_id}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(resend, vec!["P3d", "R1"], "held inflight first, then the released one");
+        out.clear();
+        s.take_outgoing(epoch(2), 10, 10, Instant::now(), &mut out).unwrap();
+        assert_eq!(sent(&out), vec![(2, true), (0, false)], "the unknown one first, possibly sent");
+        assert!(s.drain_all().iter().all(|d| d.durable.is_none()), "a handoff never carries durable ones");
     }
 }

@@ -8,6 +8,7 @@ use super::*;
 use crate::auth::{Access, AclRule, Action};
 use crate::ids::{ClientId, Epoch, NodeId};
 use crate::message::MessageProperties;
+use crate::replicated::{packet_id_for, DurableTarget, QueueLimits};
 use crate::topic::{TopicFilter, STORED_LIMITS};
 use crate::will::WillSpec;
 
@@ -322,4 +323,112 @@ fn stored_form_round_trips_and_refuses_corrupt_values() {
     assert!(bincode::deserialize::<Subscription>(&bincode::serialize(&(3u8, None::<u32>)).unwrap()).is_err());
     assert!(bincode::deserialize::<TopicFilter>(&bincode::serialize("a/#/b").unwrap()).is_err());
     assert!(bincode::deserialize::<starling_codec::MqttStr>(&bincode::serialize("a\0b").unwrap()).is_err());
+}
+
+fn stored(payload: &'static [u8]) -> StoredMessage {
+    StoredMessage {
+        topic: "q".into(),
+        payload: Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: MessageProperties::default(),
+        publisher: None,
+        expires_at_ms: None,
+    }
+}
+
+fn target(client: &str, qos: QoS) -> DurableTarget {
+    DurableTarget { client: c(client), qos, retain: false, subscription_ids: vec![] }
+}
+
+fn enqueue(
+    message: StoredMessage,
+    targets: Vec<DurableTarget>,
+    per_session: u32,
+    total_bytes: u64,
+) -> Command {
+    Command::Enqueue {
+        message,
+        expires_in_ms: Some(5000),
+        targets,
+        limits: QueueLimits { per_session, total_bytes },
+    }
+}
+
+#[test]
+fn durable_queues_store_trim_release_and_follow_the_session() {
+    let mut s = ReplicatedState::default();
+    run(&mut s, 1000, claim_cmd("p", ep(1, 1), false, 60, None));
+    run(&mut s, 1000, claim_cmd("clean", ep(1, 2), true, 0, None));
+    // Only persistent sessions get a copy; sequence numbers per session.
+    let (r, out) = run(
+        &mut s,
+        2000,
+        enqueue(
+            stored(b"a"),
+            vec![
+                target("p", QoS::AtLeastOnce),
+                target("clean", QoS::AtLeastOnce),
+                target("gone", QoS::AtLeastOnce),
+            ],
+            10,
+            1 << 20,
+        ),
+    );
+    assert_eq!(r, CommandResult::Enqueued { stored: 1, refused: false });
+    assert!(
+        matches!(&out[..], [StateChange::Queued { entry, owner: Some(NodeId(1)), .. }] if entry.seq == 1 && entry.message.expires_at_ms == Some(7000))
+    );
+    run(&mut s, 2000, enqueue(stored(b"b"), vec![target("p", QoS::ExactlyOnce)], 10, 1 << 20));
+    assert_eq!(s.queued_messages(), 2);
+    let bytes = s.queued_bytes();
+    // PUBREC of the QoS 2 one is recorded; its PUBREL may then go.
+    let (_, out) = run(&mut s, 3000, Command::MarkReleased { client: c("p"), seqs: vec![2, 1] });
+    assert_eq!(
+        out,
+        vec![StateChange::Released { client: c("p"), owner: Some(NodeId(1)), seqs: vec![2] }],
+        "only QoS 2 releases"
+    );
+    // A takeover elsewhere carries the queue to the new owner.
+    let (_, out) = run(&mut s, 4000, claim_cmd("p", ep(3, 1), false, 60, None));
+    match &out[0] {
+        StateChange::SessionClaimed { queued, durable: true, .. } => {
+            assert_eq!(
+                queued.iter().map(|e| (e.seq, e.released)).collect::<Vec<_>>(),
+                vec![(1, false), (2, true)]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Acknowledged messages leave; the bytes follow.
+    run(&mut s, 5000, Command::Trim { client: c("p"), seqs: vec![1] });
+    assert_eq!(s.queued_messages(), 1);
+    assert!(s.queued_bytes() < bytes);
+    // The session's end takes its queue.
+    run(&mut s, 6000, claim_cmd("p", ep(3, 2), true, 0, None));
+    assert_eq!((s.queued_messages(), s.queued_bytes()), (0, 0));
+}
+
+#[test]
+fn durable_queue_bounds_per_session_and_in_bytes() {
+    let mut s = ReplicatedState::default();
+    run(&mut s, 1000, claim_cmd("p", ep(1, 1), false, 60, None));
+    run(&mut s, 1000, claim_cmd("q", ep(1, 2), false, 60, None));
+    for _ in 0..2 {
+        run(&mut s, 1000, enqueue(stored(b"x"), vec![target("p", QoS::AtLeastOnce)], 2, 1 << 20));
+    }
+    let (r, out) = run(
+        &mut s,
+        1000,
+        enqueue(stored(b"x"), vec![target("p", QoS::AtLeastOnce), target("q", QoS::AtLeastOnce)], 2, 1 << 20),
+    );
+    assert_eq!(r, CommandResult::Enqueued { stored: 1, refused: false }, "p is full, q is not");
+    assert!(out.iter().any(|ch| matches!(ch, StateChange::QueueFull { client, .. } if *client == c("p"))));
+    // Over the byte quota nothing is stored, for anyone.
+    let quota = s.queued_bytes() + 10;
+    let (r, out) = run(&mut s, 1000, enqueue(stored(b"x"), vec![target("q", QoS::AtLeastOnce)], 100, quota));
+    assert_eq!(r, CommandResult::Enqueued { stored: 0, refused: true });
+    assert!(out.is_empty());
+    // Packet ids follow the sequence and cycle through 1..=65535.
+    assert_eq!((packet_id_for(1), packet_id_for(65_535), packet_id_for(65_536)), (1, 65_535, 1));
 }
