@@ -234,3 +234,39 @@ async fn whole_cluster_restart_keeps_queued_messages() {
     assert!(present);
     receive_qos1_all(&mut s, 100).await;
 }
+
+/// Messages sent to a connected subscriber but not yet acknowledged are
+/// durable too: the subscriber holds its PUBACKs, its node is killed, its
+/// disk is lost and the node removed with `cluster remove --force`; the
+/// unacknowledged messages come again (with DUP) on another node, followed
+/// by the ones still queued.
+#[tokio::test(flavor = "multi_thread")]
+async fn sent_unacknowledged_messages_survive_a_lost_node() {
+    let mut c = Cluster::start(3).await;
+    let (mut s, _) = RawClient::connect(c.node(2).mqtt, V311, "lost-sub", false).await;
+    s.subscribe(1, "lost/t", QoS::AtLeastOnce).await;
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "lost-pub", true).await;
+    publish_acknowledged(&mut p, "lost/t", 300, QoS::AtLeastOnce).await;
+    // Take the first 20 (within the inflight window) and acknowledge none.
+    for i in 0..20u32 {
+        let m = s.recv_publish().await;
+        assert_eq!(std::str::from_utf8(&m.payload).unwrap(), i.to_string());
+    }
+    c.kill9(2);
+    drop(s);
+    std::fs::remove_dir_all(&c.node(2).dir).unwrap();
+    let (ok, out, err) = c.cli(1, &["remove", "2", "--force"]);
+    assert!(ok, "remove failed: {out}{err}");
+    c.wait_members(2).await;
+    let (mut s, present) = reconnect(&c, 3, connect_packet(V311, "lost-sub", false)).await;
+    assert!(present, "session present after its node was removed");
+    for i in 0..300u32 {
+        let m = s.recv_publish().await;
+        assert_eq!(std::str::from_utf8(&m.payload).unwrap(), i.to_string(), "in publisher order");
+        if i < 20 {
+            assert!(m.dup, "message {i} was sent before and comes again with DUP");
+        }
+        s.send(&ack(AckKind::PubAck, m.packet_id)).await;
+    }
+    s.expect_silence(Duration::from_millis(300)).await;
+}
