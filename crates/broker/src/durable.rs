@@ -9,7 +9,12 @@
 //!   messages in the order they arrived.
 //! - the acknowledgement task turns subscribers' PUBACK/PUBCOMP (trim) and
 //!   PUBREC (release) into `Trim` / `MarkReleased` commands, batched per
-//!   session.
+//!   session. Trims linger up to `TRIM_LINGER` for company (a release
+//!   ends the wait at once, since the PUBREL waits for it): fewer, larger
+//!   entries leave the log to the enqueues (measured: durable QoS 1 one
+//!   pair 62–70k → 80k/s, four pairs 37k → 75–99k/s on the three-node
+//!   bench). The cost: a message acknowledged in the last 20 ms before its
+//!   owner dies is sent again (with DUP) after the failover.
 //!
 //! Bounds: `ENQUEUE_QUEUE` messages may wait to be committed (a PUBLISH
 //! arriving when it is full is refused like one over the quota: 0x97 for
@@ -35,6 +40,7 @@ const GROUP: usize = 1024;
 const ACK_QUEUE: usize = 262_144;
 const ACK_GROUP: usize = 4096;
 const RETRY: Duration = Duration::from_millis(200);
+const TRIM_LINGER: Duration = Duration::from_millis(20);
 
 /// What became of a durable message, for its publisher's acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +174,16 @@ async fn ack_loop(port: Arc<dyn StatePort>, mut rx: mpsc::Receiver<AckOp>, metri
                 None => return,
             }
             held = 1;
+            // Trims wait a little for company (fewer, larger entries);
+            // a release ends the wait, a PUBREL waits for it.
+            let until = tokio::time::Instant::now() + TRIM_LINGER;
+            while held < ACK_GROUP && !has_release(&pending) {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(op)) => add(&mut pending, op),
+                    Ok(None) | Err(_) => break,
+                }
+                held += 1;
+            }
         }
         // While commits fail, at most `ACK_GROUP` acknowledgements are held
         // here; the rest wait in the (bounded) channel.
@@ -200,6 +216,10 @@ async fn ack_loop(port: Arc<dyn StatePort>, mut rx: mpsc::Receiver<AckOp>, metri
             }
         }
     }
+}
+
+fn has_release(batch: &AckBatch) -> bool {
+    batch.values().any(|(_, releases)| !releases.is_empty())
 }
 
 fn add(batch: &mut AckBatch, op: AckOp) {
