@@ -54,6 +54,11 @@ struct Cli {
     /// Subscribers (fanout, shared, retained).
     #[arg(long, default_value_t = 1)]
     subscribers: usize,
+    /// Subscribers keep a persistent session (3.1.1 clean session 0, 5.0
+    /// session expiry 300 s), which a cluster stores durably for QoS 1/2;
+    /// the sessions are ended after the run.
+    #[arg(long)]
+    persistent: bool,
     /// QoS 1/2 messages each publisher keeps unacknowledged.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
@@ -122,6 +127,13 @@ fn print_table(r: &Report) {
             "latency         p50 {:.0} µs  p90 {:.0} µs  p99 {:.0} µs  max {:.0} µs",
             l.p50_us, l.p90_us, l.p99_us, l.max_us
         );
+        if r.qos > 0 {
+            let l = r.ack_latency;
+            println!(
+                "ack latency     p50 {:.0} µs  p90 {:.0} µs  p99 {:.0} µs  max {:.0} µs",
+                l.p50_us, l.p90_us, l.p99_us, l.max_us
+            );
+        }
     }
     if r.broker.cpu_s > 0.0 || r.broker.peak_rss_kb > 0 {
         println!(
@@ -169,6 +181,7 @@ fn main() -> anyhow::Result<()> {
         publishers: cli.publishers.max(1),
         subscribers: cli.subscribers.max(1),
         inflight: cli.inflight,
+        persistent: cli.persistent,
         broker_pids: cli.broker_pids,
         connections: cli.connections,
         concurrency: cli.concurrency,

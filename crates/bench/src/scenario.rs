@@ -53,6 +53,8 @@ pub struct Params {
     pub subscribers: usize,
     /// QoS>0 messages a publisher keeps unacknowledged.
     pub inflight: usize,
+    /// Subscribers keep persistent sessions (ended after the run).
+    pub persistent: bool,
     pub broker_pids: Vec<String>,
     pub connections: usize,
     pub concurrency: usize,
@@ -82,6 +84,9 @@ pub struct Report {
     /// Deliveries per second at the subscribers.
     pub recv_rate: f64,
     pub latency: Latency,
+    /// QoS 1/2: PUBLISH sent → PUBACK (QoS 1) or PUBREC (QoS 2) received,
+    /// at the publishers.
+    pub ack_latency: Latency,
     pub broker: BrokerUsage,
     /// CPU seconds the load generator itself used, and its share of the
     /// run's wall time (1.0 = one full core).
@@ -176,7 +181,7 @@ async fn flow(p: Params) -> anyhow::Result<Report> {
     for (i, filter) in sub_filters.iter().enumerate() {
         let id = format!("bench-{}-s{i}", p.run_id);
         let (mut r, mut w) =
-            client::connect(target(&p.sub_targets, i), p.transport, p.version, &id, true).await?;
+            client::connect(target(&p.sub_targets, i), p.transport, p.version, &id, !p.persistent).await?;
         client::subscribe(&mut r, &mut w, filter, p.qos).await?;
         let counters = counters.clone();
         subs.push(tokio::spawn(subscriber(r, w, publishers, epoch, counters)));
@@ -198,12 +203,14 @@ async fn flow(p: Params) -> anyhow::Result<Report> {
     let progress = spawn_progress(p.progress, counters.clone());
     tokio::time::sleep(p.duration).await;
     counters.stop_publishing.store(true, Ordering::Release);
-    let mut per_publisher = Vec::new();
+    let mut sent = 0;
+    let mut ack_hist = new_hist()?;
     for t in tasks {
-        per_publisher.push(t.await.context("publisher task")??);
+        let (n, h) = t.await.context("publisher task")??;
+        sent += n;
+        let _ = ack_hist.add(&h);
     }
     let publish_end = Instant::now();
-    let sent: u64 = per_publisher.iter().sum();
     let expected = match p.scenario {
         Scenario::P2p | Scenario::Shared | Scenario::Fanin => sent,
         _ => sent * subscribers as u64,
@@ -231,6 +238,15 @@ async fn flow(p: Params) -> anyhow::Result<Report> {
     }
     let broker_end = broker_usage(&p.broker_pids);
     let bench_cpu = self_cpu() - cpu_start;
+    if p.persistent {
+        // End the sessions: a clean connect with each subscriber's id.
+        for i in 0..sub_filters.len() {
+            let id = format!("bench-{}-s{i}", p.run_id);
+            let (_, mut w) =
+                client::connect(target(&p.sub_targets, i), p.transport, p.version, &id, true).await?;
+            w.shutdown().await;
+        }
+    }
 
     // Accounting.
     let mut received = 0;
@@ -238,7 +254,7 @@ async fn flow(p: Params) -> anyhow::Result<Report> {
     let mut out_of_order = 0;
     let mut unique = 0;
     let mut last_receive = start;
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut hist = new_hist()?;
     for t in &trackers {
         received += t.received;
         duplicates += t.duplicates;
@@ -296,11 +312,17 @@ async fn flow(p: Params) -> anyhow::Result<Report> {
         send_rate: sent as f64 / wall,
         recv_rate: received as f64 / active,
         latency: Latency::from_hist(&hist),
+        ack_latency: Latency::from_hist(&ack_hist),
         broker,
         bench_cpu_s: bench_cpu,
         bench_cpu_share: bench_cpu / active,
         ..Default::default()
     })
+}
+
+/// A latency histogram in nanoseconds, 1 ns to 60 s.
+fn new_hist() -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    Ok(hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)?)
 }
 
 fn spawn_progress(on: bool, c: Arc<Counters>) -> Option<tokio::task::JoinHandle<()>> {
@@ -326,8 +348,9 @@ async fn publisher(
     p: Params,
     epoch: Instant,
     counters: Arc<Counters>,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, hdrhistogram::Histogram<u64>)> {
     let size = p.payload.max(HEADER);
+    let mut clock = AckClock::new()?;
     let topic: starling_codec::MqttStr = topic.as_str().into();
     let mut seq: u64 = 0;
     let mut inflight = 0usize;
@@ -356,6 +379,7 @@ async fn publisher(
             } else {
                 let id = next_id;
                 next_id = next_id.checked_add(1).unwrap_or(1);
+                clock.sent(id);
                 id
             };
             w.push(&Packet::Publish(Publish {
@@ -381,11 +405,11 @@ async fn publisher(
             if blocked {
                 let wait = if p.rate > 0 { Duration::from_millis(1) } else { Duration::from_millis(200) };
                 if let Ok(pk) = tokio::time::timeout(wait, r.next()).await {
-                    handle_pub_ack(pk?, &mut w, &mut inflight).await?;
+                    handle_pub_ack(pk?, &mut w, &mut inflight, &mut clock).await?;
                 }
             }
             while let Some(pk) = r.try_next()? {
-                handle_pub_ack(Some(pk), &mut w, &mut inflight).await?;
+                handle_pub_ack(Some(pk), &mut w, &mut inflight, &mut clock).await?;
             }
         } else if allowed == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -395,24 +419,55 @@ async fn publisher(
     let deadline = Instant::now() + Duration::from_secs(5);
     while inflight > 0 && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_millis(500), r.next()).await {
-            Ok(pk) => handle_pub_ack(pk?, &mut w, &mut inflight).await?,
+            Ok(pk) => handle_pub_ack(pk?, &mut w, &mut inflight, &mut clock).await?,
             Err(_) => continue,
         }
         w.flush().await?;
     }
     w.shutdown().await;
-    Ok(seq)
+    Ok((seq, clock.hist))
+}
+
+/// Send time of each outstanding packet id, and the histogram of
+/// PUBLISH → PUBACK/PUBREC times.
+struct AckClock {
+    sent_at: Vec<Option<Instant>>,
+    hist: hdrhistogram::Histogram<u64>,
+}
+
+impl AckClock {
+    fn new() -> anyhow::Result<AckClock> {
+        Ok(AckClock { sent_at: vec![None; usize::from(u16::MAX) + 1], hist: new_hist()? })
+    }
+
+    fn sent(&mut self, id: u16) {
+        self.sent_at[usize::from(id)] = Some(Instant::now());
+    }
+
+    fn acked(&mut self, id: u16) {
+        if let Some(t) = self.sent_at[usize::from(id)].take() {
+            let _ = self.hist.record(t.elapsed().as_nanos() as u64);
+        }
+    }
 }
 
 async fn handle_pub_ack(
     pk: Option<Packet>,
     w: &mut client::Writer,
     inflight: &mut usize,
+    clock: &mut AckClock,
 ) -> anyhow::Result<()> {
     match pk {
         Some(Packet::Ack(a)) => match a.kind {
-            AckKind::PubAck | AckKind::PubComp => *inflight = inflight.saturating_sub(1),
-            AckKind::PubRec => w.ack(AckKind::PubRel, a.packet_id).await?,
+            AckKind::PubAck => {
+                clock.acked(a.packet_id);
+                *inflight = inflight.saturating_sub(1);
+            }
+            AckKind::PubComp => *inflight = inflight.saturating_sub(1),
+            AckKind::PubRec => {
+                clock.acked(a.packet_id);
+                w.ack(AckKind::PubRel, a.packet_id).await?
+            }
             AckKind::PubRel => {}
         },
         Some(_) => {}
@@ -479,7 +534,7 @@ async fn conn_storm(p: Params) -> anyhow::Result<Report> {
         }));
     }
     let mut conns = Vec::new();
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut hist = new_hist()?;
     for t in tasks {
         let (c, d) = t.await??;
         let _ = hist.record(d.as_nanos() as u64);
@@ -574,6 +629,7 @@ async fn retained(p: Params) -> anyhow::Result<Report> {
     let mut payload = vec![0u8; p.payload.max(HEADER)];
     // Store the retained messages (QoS 1, acknowledged one window at a time).
     let mut inflight = 0usize;
+    let mut clock = AckClock::new()?;
     for i in 0..p.retained {
         encode_header(&mut payload, epoch, 0, i as u64);
         let id = (i % 60_000) as u16 + 1;
@@ -590,13 +646,13 @@ async fn retained(p: Params) -> anyhow::Result<Report> {
         if inflight >= 256 {
             w.flush().await?;
             while inflight > 0 {
-                handle_pub_ack(r.next().await?, &mut w, &mut inflight).await?;
+                handle_pub_ack(r.next().await?, &mut w, &mut inflight, &mut clock).await?;
             }
         }
     }
     w.flush().await?;
     while inflight > 0 {
-        handle_pub_ack(r.next().await?, &mut w, &mut inflight).await?;
+        handle_pub_ack(r.next().await?, &mut w, &mut inflight, &mut clock).await?;
     }
     // Subscribers fetch them all.
     let broker_start = broker_usage(&p.broker_pids);
@@ -689,7 +745,7 @@ async fn sub_latency(p: Params) -> anyhow::Result<Report> {
         tasks.push(tokio::spawn(async move {
             let (mut r, mut w) =
                 client::connect(addr, transport, version, &format!("sublat-{run}-{s}"), true).await?;
-            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+            let mut hist = new_hist()?;
             for i in 0..per_client {
                 let t0 = Instant::now();
                 client::subscribe(&mut r, &mut w, &format!("bench/{run}/sublat/{s}/{i}"), QoS::AtLeastOnce)
@@ -700,7 +756,7 @@ async fn sub_latency(p: Params) -> anyhow::Result<Report> {
             anyhow::Ok(hist)
         }));
     }
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut hist = new_hist()?;
     for t in tasks {
         let _ = hist.add(&t.await??);
     }
