@@ -21,17 +21,18 @@ BIN = os.environ.get("STARLING_BIN", os.path.join(ROOT, "target", "debug", "star
 class Broker:
     """A starling node started for one test."""
 
-    def __init__(self, extra_args=()):
+    def __init__(self, extra_args=(), data_dir=None, mqtt_listen="127.0.0.1:0"):
         self.dir = tempfile.TemporaryDirectory(prefix="starling-py-")
+        self.data_dir = data_dir or os.path.join(self.dir.name, "data")
         args = [
             BIN, "serve",
-            "--mqtt-listen", "127.0.0.1:0",
+            "--mqtt-listen", mqtt_listen,
             "--ws-listen", "127.0.0.1:0",
             "--http-listen", "127.0.0.1:0",
             "--grpc-listen", "127.0.0.1:0",
             "--set", 'listeners.mqtts="127.0.0.1:0"',
             "--set", 'listeners.wss="127.0.0.1:0"',
-            "--data-dir", os.path.join(self.dir.name, "data"),
+            "--data-dir", self.data_dir,
             *extra_args,
         ]
         env = dict(os.environ, RUST_LOG="info", NO_COLOR="1")

@@ -34,6 +34,8 @@ pub struct ListenerConfig {
     pub wss: String,
     pub ws_path: String,
     pub http: String,
+    /// Serve the chat web app at /chat/ on the HTTP listener.
+    pub chat: bool,
     pub max_connections: usize,
     pub shutdown_grace_secs: u64,
 }
@@ -47,6 +49,7 @@ impl Default for ListenerConfig {
             wss: "0.0.0.0:8084".into(),
             ws_path: "/mqtt".into(),
             http: "0.0.0.0:8080".into(),
+            chat: true,
             max_connections: 100_000,
             shutdown_grace_secs: 10,
         }

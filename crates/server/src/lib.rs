@@ -4,6 +4,7 @@
 //! with listeners bound to port 0.
 
 pub mod admin;
+pub mod chat;
 pub mod config;
 pub mod http;
 pub mod listener;

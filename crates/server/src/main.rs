@@ -62,6 +62,29 @@ enum Command {
         #[command(subcommand)]
         command: AclCommand,
     },
+    /// Chat in a terminal with the rooms, presence and direct messages of
+    /// the chat web app (docs/chat.md). The password comes from
+    /// STARLING_CHAT_PASSWORD, or is prompted for.
+    Chat {
+        /// A node's (or the load balancer's) MQTT address, host:port.
+        #[arg(long, default_value = "127.0.0.1:1883", env = "STARLING_CHAT_SERVER")]
+        server: String,
+        /// Your user name (as created with `starling user add`).
+        #[arg(long, short)]
+        user: String,
+        /// The room to start in.
+        #[arg(long, short, default_value = "general")]
+        room: String,
+        /// Connect with TLS (e.g. to port 8883).
+        #[arg(long)]
+        tls: bool,
+        /// CA certificate (PEM) to trust for --tls; default the system's.
+        #[arg(long, requires = "tls")]
+        ca: Option<String>,
+        /// Send no password (a node that allows anonymous clients).
+        #[arg(long)]
+        no_password: bool,
+    },
     /// Cluster administration: status and membership.
     Cluster {
         /// A node's gRPC address.
@@ -373,6 +396,29 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Cluster { server, command } => cluster(&server, command),
+        Command::Chat { server, user, room, tls, ca, no_password } => {
+            let password = match std::env::var("STARLING_CHAT_PASSWORD") {
+                Ok(p) => Some(p),
+                Err(_) if no_password => None,
+                Err(_) => match rpassword::prompt_password(format!("Password for {user}: ")) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        eprintln!("starling: cannot read the password ({e}); set STARLING_CHAT_PASSWORD or --no-password");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            let opts = starling_server::chat::ChatOptions { server, user, password, room, tls, ca };
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => {
+                    let result = rt.block_on(starling_server::chat::run(opts));
+                    // The stdin reader may still sit in a blocking read.
+                    rt.shutdown_background();
+                    finish(result)
+                }
+                Err(e) => finish(Err(e.into())),
+            }
+        }
         Command::Healthcheck { http, live } => {
             let path = if live { "/health/live" } else { "/health/ready" };
             match healthcheck(&http, path) {

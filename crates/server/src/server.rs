@@ -184,6 +184,11 @@ pub async fn run(
         let t = Transport::SecureWebSocket { acceptor: a, path: config.listeners.ws_path.clone() };
         tasks.push(tokio::spawn(accept_loop(l, t, broker.clone(), limit.clone(), stop_rx.clone())));
     }
+    let chat = config.listeners.chat.then(|| crate::http::ChatSettings {
+        ws_port: addrs.ws.map(|a| a.port()),
+        wss_port: addrs.wss.map(|a| a.port()),
+        ws_path: config.listeners.ws_path.clone(),
+    });
     let http = listeners.http.map(|l| {
         let mut stop = stop_rx.clone();
         let node = node.clone();
@@ -191,7 +196,7 @@ pub async fn run(
             let stopped = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(e) = crate::http::serve(l, node, stopped).await {
+            if let Err(e) = crate::http::serve(l, node, chat, stopped).await {
                 tracing::error!(error = %e, "HTTP listener failed");
             }
         })

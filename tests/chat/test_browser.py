@@ -1,0 +1,119 @@
+"""The chat web app in a real browser (headless Chromium via Selenium),
+served by a node at /chat/ and talking MQTT 5 over WebSocket to it, with
+the terminal client in the same rooms. Screenshots go to
+target/chat-screenshots/ (docs/chat.md shows them)."""
+
+import urllib.request
+
+import pytest
+
+from conftest import USERS, Terminal
+from browser import Page, wait
+
+
+def url(node):
+    return f"http://{node.http[0]}:{node.http[1]}/chat/"
+
+
+@pytest.fixture
+def pages(node):
+    made = []
+
+    def make():
+        p = Page(url(node))
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_the_page_is_served_with_its_bundle(node):
+    with urllib.request.urlopen(url(node)) as r:
+        assert r.status == 200 and "text/html" in r.headers["content-type"]
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert b"vendor/mqtt.min.js" in r.read()
+    with urllib.request.urlopen(url(node) + "vendor/mqtt.min.js") as r:
+        assert b"MQTT.js" in r.read(400)
+
+
+def test_wrong_password_shows_a_clear_message(node, pages):
+    p = pages()
+    p.sign_in("alice", "wrong", expect_ok=False)
+    wait(lambda: "Wrong user name or password" in p.login_error(), what="login error")
+    p.shot("login-wrong-password")
+    # The right password then works from the same page.
+    p.sign_in("alice", USERS["alice"])
+
+
+def test_two_browsers_and_a_terminal_chat(node, pages):
+    alice, bob = pages(), pages()
+    alice.sign_in("alice", USERS["alice"])
+    bob.sign_in("bob", USERS["bob"])
+    carol = Terminal(f"{node.mqtt[0]}:{node.mqtt[1]}", "carol", USERS["carol"])
+    try:
+        carol.wait_for("* connected")
+        # Presence: everyone sees everyone online.
+        wait(lambda: alice.roster().get("bob") == "online" and alice.roster().get("carol") == "online",
+             what="alice's roster")
+        # Room messages both ways, with the delivery state of one's own.
+        alice.send("hello from alice's browser")
+        bob.wait_text("hello from alice's browser")
+        wait(lambda: alice.messages()[-1][3] == "acknowledged", what="acknowledged")
+        carol.wait_for("#general alice: hello from alice's browser")
+        bob.send("bob here")
+        alice.wait_text("bob here")
+        carol.wait_for("#general bob: bob here")
+        carol.type("carol from the terminal")
+        alice.wait_text("carol from the terminal")
+        bob.wait_text("carol from the terminal")
+        # Typing indicator (QoS 0).
+        bob.type_only("half a thou")
+        wait(lambda: "bob is typing" in alice.typing(), what="typing indicator")
+        alice.shot("room-general-alice")
+        bob.shot("room-general-bob")
+        # Each message shown once.
+        for p in (alice, bob):
+            ids = [m[0] for m in p.messages()]
+            assert len(ids) == len(set(ids)) == 3
+        # bob's browser goes away without signing out: the will says offline.
+        bob.close()
+        wait(lambda: alice.roster().get("bob") == "offline", what="bob offline")
+        carol.wait_for("* bob is offline")
+        # A direct message to bob, who is away; he gets it at his next sign-in.
+        alice.open_dm("bob")
+        alice.send("see you later, bob")
+        wait(lambda: alice.messages()[-1][3] == "acknowledged", what="DM acknowledged")
+        alice.shot("dm-alice-to-bob")
+        bob = pages()
+        bob.sign_in("bob", USERS["bob"])
+        wait(lambda: bob.unread_dm("alice") == "1", what="bob's unread DM count")
+        bob.shot("dm-unread-bob")
+        bob.d.find_element("css selector", '#dms li[data-peer="alice"]').click()
+        bob.wait_text("see you later, bob")
+        assert bob.unread_dm("alice") == ""
+        # The terminal's DM lands in the page, and the page's in the terminal.
+        carol.type("/dm bob from carol's terminal")
+        wait(lambda: bob.unread_dm("carol") == "1", what="DM from the terminal")
+        bob.open_dm("carol")
+        bob.send("got it, carol")
+        carol.wait_for("@bob → you: got it, carol")
+        assert carol.quit() == 0
+    finally:
+        carol.kill()
+
+
+def test_sign_out_keeps_direct_messages_waiting(node, pages):
+    bob = pages()
+    bob.sign_in("bob", USERS["bob"])
+    bob.d.find_element("id", "logout-btn").click()
+    wait(lambda: bob.js("return !document.querySelector('#login').hidden"), what="login form")
+    alice = pages()
+    alice.sign_in("alice", USERS["alice"])
+    wait(lambda: alice.roster().get("bob") == "offline", what="bob signed out")
+    alice.open_dm("bob")
+    alice.send("while you were out")
+    wait(lambda: alice.messages()[-1][3] == "acknowledged", what="DM acknowledged")
+    bob.sign_in("bob", USERS["bob"])
+    wait(lambda: bob.unread_dm("alice") == "1", what="DM waiting")
