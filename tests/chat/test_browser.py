@@ -117,3 +117,41 @@ def test_sign_out_keeps_direct_messages_waiting(node, pages):
     wait(lambda: alice.messages()[-1][3] == "acknowledged", what="DM acknowledged")
     bob.sign_in("bob", USERS["bob"])
     wait(lambda: bob.unread_dm("alice") == "1", what="DM waiting")
+
+
+def test_pages_reconnect_and_send_what_was_typed_meanwhile(tmp_path):
+    """The node restarts under two open pages: both show the connection
+    state, reconnect by themselves (back-off), resume their sessions, and
+    the messages typed while it was down are sent, acknowledged, and shown
+    once each."""
+    from conftest import chat_broker
+    node = chat_broker(str(tmp_path))
+    ports = {k: f"127.0.0.1:{getattr(node, k)[1]}" for k in ("mqtt", "ws", "http")}
+    alice, bob = Page(url(node)), Page(url(node))
+    node2 = None
+    try:
+        alice.sign_in("alice", USERS["alice"])
+        bob.sign_in("bob", USERS["bob"])
+        alice.send("before the restart")
+        bob.wait_text("before the restart")
+        node.terminate()
+        wait(lambda: alice.state() in ("reconnecting", "connecting"), what="alice sees the loss")
+        alice.send("typed while the node was down")
+        wait(lambda: alice.messages()[-1][3] == "queued", what="queued")
+        alice.shot("reconnecting-alice")
+        node2 = chat_broker(str(tmp_path), data_dir=node.data_dir, mqtt_listen=ports["mqtt"],
+                            ws_listen=ports["ws"], http_listen=ports["http"])
+        wait(lambda: alice.state() == "online" and bob.state() == "online", 40, "both back online")
+        bob.wait_text("typed while the node was down", 30)
+        wait(lambda: alice.messages()[-1][3] == "acknowledged", what="acknowledged after the reconnect")
+        bob.send("welcome back")
+        alice.wait_text("welcome back")
+        for p in (alice, bob):
+            ids = [m[0] for m in p.messages()]
+            assert len(ids) == len(set(ids)) == 3, p.texts()
+    finally:
+        alice.close()
+        bob.close()
+        if node2:
+            node2.close()
+        node.close()

@@ -21,14 +21,15 @@ BIN = os.environ.get("STARLING_BIN", os.path.join(ROOT, "target", "debug", "star
 class Broker:
     """A starling node started for one test."""
 
-    def __init__(self, extra_args=(), data_dir=None, mqtt_listen="127.0.0.1:0"):
+    def __init__(self, extra_args=(), data_dir=None, mqtt_listen="127.0.0.1:0", ws_listen="127.0.0.1:0",
+                 http_listen="127.0.0.1:0"):
         self.dir = tempfile.TemporaryDirectory(prefix="starling-py-")
         self.data_dir = data_dir or os.path.join(self.dir.name, "data")
         args = [
             BIN, "serve",
             "--mqtt-listen", mqtt_listen,
-            "--ws-listen", "127.0.0.1:0",
-            "--http-listen", "127.0.0.1:0",
+            "--ws-listen", ws_listen,
+            "--http-listen", http_listen,
             "--grpc-listen", "127.0.0.1:0",
             "--set", 'listeners.mqtts="127.0.0.1:0"',
             "--set", 'listeners.wss="127.0.0.1:0"',

@@ -177,7 +177,9 @@
       S.timer = null;
       if (S.stopped) return;
       setConn(S.everConnected ? 'reconnecting' : 'connecting');
-      S.client.reconnect();
+      // Keep the stores: they hold the QoS 1 messages not yet acknowledged
+      // (sent before the loss, or typed since), which go out again first.
+      S.client.reconnect({ incomingStore: S.client.incomingStore, outgoingStore: S.client.outgoingStore });
     }, wait);
   }
 
