@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from conftest import USERS, Terminal
+from chatkit import USERS, Terminal
 from browser import Page, wait
 
 
@@ -124,7 +124,7 @@ def test_pages_reconnect_and_send_what_was_typed_meanwhile(tmp_path):
     state, reconnect by themselves (back-off), resume their sessions, and
     the messages typed while it was down are sent, acknowledged, and shown
     once each."""
-    from conftest import chat_broker
+    from chatkit import chat_broker
     node = chat_broker(str(tmp_path))
     ports = {k: f"127.0.0.1:{getattr(node, k)[1]}" for k in ("mqtt", "ws", "http")}
     alice, bob = Page(url(node)), Page(url(node))

@@ -5,7 +5,7 @@ import json
 import urllib.error
 import urllib.request
 
-from conftest import chat_broker
+from chatkit import chat_broker
 
 
 def get(node, path):

@@ -11,7 +11,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
-from conftest import USERS, Terminal
+from chatkit import USERS, Terminal
 
 TIMEOUT = 10
 
@@ -191,7 +191,7 @@ def test_wrong_password_is_a_clear_error(node):
 
 
 def test_terminal_reconnects_and_sends_what_was_typed_offline(tmp_path):
-    from conftest import chat_broker
+    from chatkit import chat_broker
     node = chat_broker(str(tmp_path / "a"))
     port = node.mqtt[1]
     carol = Terminal(server(node), "carol", USERS["carol"])
@@ -222,5 +222,50 @@ def test_terminal_reconnects_and_sends_what_was_typed_offline(tmp_path):
 
 def restart(node, port, tmpdir):
     """The same node again: same data directory, same MQTT port."""
-    from conftest import chat_broker
+    from chatkit import chat_broker
     return chat_broker(tmpdir, data_dir=node.data_dir, mqtt_listen=f"127.0.0.1:{port}")
+
+
+def make_ca(d, name):
+    """A throw-away CA and, signed by it, a certificate for 127.0.0.1."""
+    import os
+    import subprocess
+    p = lambda n: os.path.join(d, f"{name}-{n}")
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name} CA",
+        "-keyout", p("ca.key"), "-out", p("ca.pem"))
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", p("server.key"), "-out", p("server.csr"))
+    with open(p("ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("openssl", "x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+        "-CAcreateserial", "-days", "2", "-extfile", p("ext.cnf"), "-out", p("server.pem"))
+    return p
+
+
+def test_terminal_over_tls(tmp_path):
+    from chatkit import chat_broker
+    pki = make_ca(str(tmp_path), "good")
+    other = make_ca(str(tmp_path), "other")
+    node = chat_broker(str(tmp_path), "--set", f'tls.cert="{pki("server.pem")}"',
+                       "--set", f'tls.key="{pki("server.key")}"')
+    tls_server = f"127.0.0.1:{node.mqtts[1]}"
+    untrusting = Terminal(tls_server, "bob", USERS["bob"], extra=["--tls", "--ca", other("ca.pem")])
+    carol = Terminal(tls_server, "carol", USERS["carol"], extra=["--tls", "--ca", pki("ca.pem")])
+    alice = Web(node, "alice")
+    try:
+        assert alice.subscribe("chat/rooms/general/+") == [1]
+        carol.wait_for("* connected")
+        carol.type("over TLS")
+        assert json.loads(alice.expect("chat/rooms/general/carol").payload)["text"] == "over TLS"
+        alice.say("chat/rooms/general/alice", "back over plain TCP")
+        carol.wait_for("#general alice: back over plain TCP")
+        # A server certificate from a CA the client does not trust: refused.
+        untrusting.wait_for("cannot connect")
+        assert any("TLS" in line for line in untrusting.lines), untrusting.lines
+        assert not any("* connected" in line for line in untrusting.lines)
+    finally:
+        untrusting.kill()
+        carol.kill()
+        alice.close()
+        node.close()

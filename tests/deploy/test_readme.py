@@ -10,6 +10,7 @@ It refuses to run if ./data already exists (somebody's node state) or if
 one of those ports is taken, rather than touch either.
 """
 
+import json
 import os
 import re
 import shlex
@@ -111,6 +112,11 @@ def test_readme_run_command_as_written(tmp_path):
             subprocess.run(["mosquitto_pub", "-h", "localhost", "-t", "chat/lobby", "-m", "hello", "-r", "-q", "1"],
                            check=True, timeout=10)
             assert sub_one("chat/#") == "chat/lobby hello"
+            # The README's chat page, and where it will find the WebSocket.
+            with urllib.request.urlopen("http://localhost:8080/chat/", timeout=5) as r:
+                assert b"<title>Starling chat</title>" in r.read()
+            with urllib.request.urlopen("http://localhost:8080/chat/config.json", timeout=5) as r:
+                assert json.load(r) == {"ws_port": 8083, "wss_port": None, "ws_path": "/mqtt"}
         finally:
             rc = node.ctrl_c()
         assert rc == 0, f"Ctrl-C: exit {rc}\n{node.output()}"
