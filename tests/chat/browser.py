@@ -53,9 +53,15 @@ class Page:
         self.d.find_element(By.ID, "login-btn").click()
         if expect_ok:
             wait(lambda: self.state() == "online", what=f"{user} online")
+            self.settled()
 
     def state(self):
         return self.js("return document.querySelector('#conn-state').dataset.state")
+
+    def settled(self, timeout=20):
+        """Waits until the page's SUBSCRIBEs and UNSUBSCRIBEs are acknowledged."""
+        wait(lambda: self.js("return document.querySelector('#conn-state').dataset.pending || '0'") == "0",
+             timeout, "subscriptions acknowledged")
 
     def login_error(self):
         return self.js("const e = document.querySelector('#login-error'); return e.hidden ? '' : e.textContent")

@@ -155,3 +155,49 @@ def test_pages_reconnect_and_send_what_was_typed_meanwhile(tmp_path):
         if node2:
             node2.close()
         node.close()
+
+
+def test_rooms_created_joined_and_left(node, pages):
+    alice, bob = pages(), pages()
+    alice.sign_in("alice", USERS["alice"])
+    bob.sign_in("bob", USERS["bob"])
+    # alice creates a room: everyone's room list shows it (retained).
+    alice.d.find_element("id", "room-name").send_keys("ops")
+    alice.d.find_element("css selector", "#room-form button").click()
+    wait(lambda: alice.js("return document.querySelector('#conversation-title').textContent") == "# ops",
+         what="alice in #ops")
+    wait(lambda: bob.js("""const e = document.querySelector('#rooms li[data-room="ops"]');
+        return e && e.dataset.joined === 'no'"""), what="#ops listed for bob, not joined")
+    alice.settled()
+    alice.send("first in ops")
+    # Not joined: bob gets nothing from #ops.
+    bob.send("in general")
+    alice.open_room("general")
+    alice.wait_text("in general")
+    # bob joins by clicking the room; then messages flow there.
+    bob.open_room("ops")
+    wait(lambda: bob.js("""return document.querySelector('#rooms li[data-room="ops"]').dataset.joined""") == "yes",
+         what="bob joined #ops")
+    bob.settled()
+    wait(lambda: "first in ops" not in bob.texts(), what="no history before joining")
+    alice.open_room("ops")
+    alice.send("second in ops")
+    bob.wait_text("second in ops")
+    assert "first in ops" not in bob.texts()
+    # Unread counts for a room not open.
+    bob.open_room("general")
+    alice.send("third in ops")
+    wait(lambda: bob.js("""return document.querySelector('#rooms li[data-room="ops"] .unread').textContent""") == "1",
+         what="bob's unread count for #ops")
+    # bob leaves #ops: alice's next message there does not reach him.
+    bob.open_room("ops")
+    bob.d.find_element("id", "leave-btn").click()
+    wait(lambda: bob.js("""const e = document.querySelector('#rooms li[data-room="ops"]');
+        return e && e.dataset.joined === 'no'"""), what="bob left #ops")
+    bob.settled()
+    alice.send("after bob left")
+    alice.open_room("general")
+    alice.send("marker in general")
+    bob.wait_text("marker in general")
+    bob.open_room("ops")  # joins again; what was said meanwhile is not delivered
+    assert "after bob left" not in bob.texts()

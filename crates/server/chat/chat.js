@@ -80,7 +80,7 @@
       user, client: null, backoff: BACKOFF_MIN, timer: null, stopped: false, everConnected: false,
       joined: new Set(stored.joined), convs: new Map(), active: stored.active,
       rooms: new Set(['general', ...stored.joined]), presence: new Map(), typing: new Map(),
-      seen: new Set(), lastTyping: 0,
+      seen: new Set(), lastTyping: 0, pendingOps: 0,
     };
     for (const [k, c] of Object.entries(stored.convs)) {
       S.convs.set(k, { messages: c.messages || [], unread: c.unread || 0 });
@@ -132,7 +132,9 @@
     // A session the broker kept has the subscriptions already (and MQTT.js
     // resubscribes by itself when it did not, after a reconnect); on a new
     // page load subscribe once, which also brings the retained roster.
-    if (first || !connack.sessionPresent) S.client.subscribe(filters, (err) => err && system('subscribe failed: ' + err.message));
+    if (first || !connack.sessionPresent) {
+      S.client.subscribe(filters, settled((err) => err && system('subscribe failed: ' + err.message)));
+    }
     S.client.publish(`chat/presence/${S.user}`, 'online', { qos: 1, retain: true });
   }
 
@@ -212,6 +214,20 @@
     $('#messages').replaceChildren();
     showLogin('');
   });
+
+  // SUBSCRIBEs and UNSUBSCRIBEs not yet acknowledged, shown as
+  // #conn-state[data-pending] (a SUBACK means the room is in force
+  // everywhere in the cluster).
+  function settled(cb) {
+    const s = S;
+    s.pendingOps += 1;
+    $('#conn-state').dataset.pending = String(s.pendingOps);
+    return (...args) => {
+      s.pendingOps -= 1;
+      if (s === S) $('#conn-state').dataset.pending = String(s.pendingOps);
+      if (cb) cb(...args);
+    };
+  }
 
   function setConn(state, detail) {
     const el = $('#conn-state');
@@ -326,7 +342,7 @@
     S.rooms.add(room);
     if (!S.joined.has(room)) {
       S.joined.add(room);
-      S.client.subscribe({ [`chat/rooms/${room}/+`]: { qos: 1 }, [`chat/typing/${room}/+`]: { qos: 0 } });
+      S.client.subscribe({ [`chat/rooms/${room}/+`]: { qos: 1 }, [`chat/typing/${room}/+`]: { qos: 0 } }, settled());
       if (!known) publishRoom(room);
     }
     open('room:' + room);
@@ -336,7 +352,7 @@
     if (!S.active.startsWith('room:')) return;
     const room = S.active.slice(5);
     S.joined.delete(room);
-    S.client.unsubscribe([`chat/rooms/${room}/+`, `chat/typing/${room}/+`]);
+    S.client.unsubscribe([`chat/rooms/${room}/+`, `chat/typing/${room}/+`], settled());
     open(S.joined.size ? 'room:' + [...S.joined][0] : 'room:general');
   });
 
