@@ -8,6 +8,7 @@ mod failures;
 mod hostile;
 mod membership;
 mod semantics;
+mod snapshot;
 
 use starling_codec::{Packet, ProtocolVersion, ReasonCode};
 

@@ -144,3 +144,24 @@ async fn inbound_qos2_over_receive_maximum_is_refused() {
     let seen = c.expect_closed().await;
     assert_eq!(disconnect_reason(&seen), Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
 }
+
+#[tokio::test]
+async fn a_client_still_writing_reads_the_reason_not_a_reset() {
+    // A pipelining client keeps sending after its protocol error, before it
+    // reads: the broker sends DISCONNECT, then keeps reading (and
+    // discarding) for a while, so those writes do not meet a reset and the
+    // client reads why it was closed.
+    let server = TestServer::start().await;
+    let (mut c, _) = RawClient::connect(server.mqtt, V5, "still-writing", true).await;
+    c.send_bytes(&[0x32, 0x06, 0, 1, b'a', 0, 0, 0]).await; // QoS 1 with packet id 0
+    let publish = [0x30, 0x05, 0, 1, b'a', 0, b'x'];
+    let chunk: Vec<u8> = publish.iter().copied().cycle().take(publish.len() * 1000).collect();
+    for i in 0..30 {
+        if let Err(e) = c.try_send_bytes(&chunk).await {
+            panic!("write {i} after the protocol error failed ({e}): the broker closed without lingering");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let packets = c.expect_closed().await;
+    assert_eq!(disconnect_reason(&packets), Some(ReasonCode::PROTOCOL_ERROR), "{packets:?}");
+}

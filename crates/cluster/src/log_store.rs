@@ -171,8 +171,9 @@ fn flush_loop(rx: Receiver<Pending>) {
 impl LogStore {
     /// Opens the log of `store` (segments in `<data_dir>/raft/log`).
     pub fn open(store: Store) -> Result<LogStore, StorageError> {
+        // Stored as a `LogId` (see `purge`), not an `Option`.
         let purged: Option<LogId> = match store.raft.get(PURGED).map_err(read_err)? {
-            Some(v) => bincode::deserialize(&v).map_err(read_err)?,
+            Some(v) => Some(bincode::deserialize::<LogId>(&v).map_err(read_err)?),
             None => None,
         };
         let wal =
@@ -362,6 +363,25 @@ mod tests {
 
     fn indexes(v: &[Entry]) -> Vec<u64> {
         v.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[tokio::test]
+    async fn a_purged_log_opens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1).unwrap();
+            let mut log = LogStore::open(store).unwrap();
+            let records: Vec<(u64, Vec<u8>)> =
+                (1..=10).map(|i| (i, bincode::serialize(&entry(i)).unwrap())).collect();
+            log.wal.lock().append(&records).unwrap();
+            log.purge(entry(5).log_id).await.unwrap();
+        }
+        let store = Store::open(dir.path(), 1).unwrap();
+        let mut log = LogStore::open(store).expect("a log with a purge point opens");
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entry(5).log_id));
+        assert_eq!(state.last_log_id, Some(entry(10).log_id));
+        assert_eq!(indexes(&log.try_get_log_entries(6..=10).await.unwrap()), vec![6, 7, 8, 9, 10]);
     }
 
     #[test]

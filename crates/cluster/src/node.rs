@@ -101,7 +101,9 @@ fn raft_config(c: &ClusterConfig) -> anyhow::Result<Arc<openraft::Config>> {
         max_payload_entries: 256,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_every),
         snapshot_max_chunk_size: 4 * 1024 * 1024,
-        max_in_snapshot_log_to_keep: 2000,
+        // Entries kept behind a snapshot for followers that lag a little:
+        // as many as between snapshots, at most 2,000.
+        max_in_snapshot_log_to_keep: c.snapshot_every.min(2000),
         purge_batch_size: 256,
         ..Default::default()
     };

@@ -116,6 +116,7 @@ impl StateMachine {
         };
         if let Some((meta, data)) = sm.read_current_snapshot()? {
             sm.load(&meta, &data)?;
+            tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "loaded the snapshot; replaying the log after it");
         }
         Ok(sm)
     }
@@ -258,7 +259,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let this = self.clone();
         let (m2, d2) = (meta.clone(), data.clone());
         tokio::task::spawn_blocking(move || this.persist_snapshot(&m2, &d2)).await.map_err(sm_err)??;
-        self.load(meta, &data)
+        self.load(meta, &data)?;
+        tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "installed a snapshot from the leader");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

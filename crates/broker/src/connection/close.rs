@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use starling_codec::{Disconnect, MqttStr, Packet, ReasonCode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Conn, CLOSE_FLUSH_TIMEOUT};
 use crate::replicated::WillOnRelease;
@@ -12,6 +12,24 @@ use crate::replicated::WillOnRelease;
 /// tried this many times, `RELEASE_RETRY_DELAY` apart.
 const RELEASE_ATTEMPTS: u32 = 3;
 const RELEASE_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// How long, and how many bytes, a server-closed connection is still read
+/// (and discarded) after the reason was sent.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+const CLOSE_LINGER_BYTES: usize = 1 << 20;
+
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+    // On the heap: the connection task's future stays small (see the
+    // size test in mod.rs).
+    let mut sink = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + CLOSE_LINGER;
+    let mut left = CLOSE_LINGER_BYTES;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
+}
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +60,13 @@ impl Close {
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
             _ => None,
         }
+    }
+
+    /// Whether the broker ends the connection while the client may still
+    /// be writing: then it lingers (`CLOSE_LINGER`) so that the client
+    /// reads the reason instead of a reset.
+    fn lingers(&self) -> bool {
+        matches!(self, Close::Protocol(..) | Close::Kicked(_) | Close::KeepAlive)
     }
 
     /// Whether the will applies (see `will.rs`).
@@ -101,7 +126,20 @@ where
         })
         .await;
         metrics.connection_closed();
+        self.release(&close).await;
+        if close.lingers() {
+            // A socket closed with unread input answers the client's next
+            // bytes with a reset, which can destroy the DISCONNECT before
+            // the client reads it (paho's flow-control test got a broken
+            // pipe). Our side is shut down for writing; read and discard
+            // until the client closes, at most `CLOSE_LINGER` and
+            // `CLOSE_LINGER_BYTES` (after the session's release, so a
+            // client that keeps writing does not delay its will).
+            linger(&mut self.stream).await;
+        }
+    }
 
+    async fn release(&mut self, close: &Close) {
         // What becomes of the will and the session is a replicated
         // decision (replicated/state.rs): the will goes out now or after its
         // delay, a resumption cancels it, a session that ends publishes it.
