@@ -13,7 +13,22 @@ async fn add_a_node_with_the_cli_use_it_then_leave() {
     // Node 4 starts empty and waits to be added.
     c.add_node(4, vec!["--no-bootstrap".into()]);
     c.launch(4, None);
+    // Alive (serving HTTP) but not ready: it has no cluster yet. (Not
+    // ready alone would also pass for a node that never started.)
+    let live = async {
+        for _ in 0..100 {
+            if starling_tests::http_get_within(c.node(4).http, "/health/live", Duration::from_secs(1)).await.0
+                == 200
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(live.await, "node 4 is running and answers /health/live");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(c.node_mut(4).running(), "node 4 still running");
     assert!(!c.ready(4).await, "not ready before it is added");
     let grpc4 = c.node(4).grpc.to_string();
     let (ok, out, err) = c.cli(2, &["add", "4", &grpc4]);

@@ -144,16 +144,62 @@ async fn client_certificates_and_identity_as_user_name() {
     assert!(matches!(c.recv().await, Some(Packet::Ack(a)) if !a.reason.is_error()));
     c.publish("devices/sensor-8/temp", b"21", QoS::AtLeastOnce, false, 2).await;
     assert!(matches!(c.recv().await, Some(Packet::Ack(a)) if a.reason == ReasonCode::NOT_AUTHORIZED));
-    // Without a client certificate the TLS handshake (or the first read) fails.
-    let no_cert = pki.connector(None);
-    let refused = match tls_client(server.mqtts.unwrap(), &no_cert, V5).await {
+    // Without a client certificate, or with one from a CA the server does
+    // not trust, the TLS handshake (or, in TLS 1.3, the first read) fails:
+    // closed, never answered, never left hanging.
+    let foreign = Pki::new();
+    let (fcert, fkey) = foreign.issue("sensor-9", &[]);
+    for (what, connector) in [
+        ("no certificate", pki.connector(None)),
+        ("a foreign CA's", foreign.connector(Some((&fcert, &fkey)))),
+    ] {
+        assert!(refused_at_tls(server.mqtts.unwrap(), &connector).await, "{what}: not refused");
+    }
+}
+
+/// Whether the server refuses this TLS client: the handshake fails, or the
+/// connection is closed before any MQTT answer. A server that accepts the
+/// client (CONNACK) or leaves it hanging is not refusing.
+async fn refused_at_tls(addr: std::net::SocketAddr, connector: &TlsConnector) -> bool {
+    match tls_client(addr, connector, V5).await {
         Err(_) => true,
         Ok(mut c) => {
-            c.send(&Packet::Connect(Box::new(connect_packet(V5, "x", true)))).await;
-            c.recv_within(Duration::from_secs(5)).await.map_or(true, |p| p.is_none())
+            let _ = c
+                .try_send_bytes(&{
+                    let mut b = bytes::BytesMut::new();
+                    Packet::Connect(Box::new(connect_packet(V5, "x", true))).encode(V5, &mut b).unwrap();
+                    b
+                })
+                .await;
+            match c.recv_within(Duration::from_secs(5)).await {
+                Ok(None) => true,
+                Ok(Some(p)) => panic!("answered instead of refused: {p:?}"),
+                Err(_) => panic!("neither refused nor answered within 5 s"),
+            }
         }
-    };
-    assert!(refused);
+    }
+}
+
+#[tokio::test]
+async fn optional_client_certificates() {
+    // client_ca set, require_client_cert off: a client without a
+    // certificate connects (with a password); one with a certificate the CA
+    // did not sign is still refused.
+    let pki = Pki::new();
+    let ca = pki.path("ca.pem");
+    let server = tls_server(&pki, |c| {
+        c.tls.client_ca = ca;
+        c.tls.require_client_cert = false;
+    })
+    .await;
+    let mut c = tls_client(server.mqtts.unwrap(), &pki.connector(None), V5).await.unwrap();
+    assert_eq!(c.handshake(connect_packet(V5, "no-cert", true)).await.code, 0);
+    let (cert, key) = pki.issue("dev-1", &[]);
+    let mut c = tls_client(server.mqtts.unwrap(), &pki.connector(Some((&cert, &key))), V5).await.unwrap();
+    assert_eq!(c.handshake(connect_packet(V5, "with-cert", true)).await.code, 0);
+    let foreign = Pki::new();
+    let (fcert, fkey) = foreign.issue("dev-1", &[]);
+    assert!(refused_at_tls(server.mqtts.unwrap(), &foreign.connector(Some((&fcert, &fkey)))).await);
 }
 
 fn mosquitto_style_hash(password: &str) -> String {

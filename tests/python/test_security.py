@@ -91,6 +91,12 @@ def test_mosquitto_passwd_file_and_sighup_reload(broker_factory):
     subprocess.run([BIN, "passwd", "-D", pwfile, "bob"], check=True)
     b.send_signal(signal.SIGHUP)
     import time
-    time.sleep(0.5)
+    deadline = time.time() + 10
+    while sum("password and ACL files reloaded" in line for line in b.log) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert sum("password and ACL files reloaded" in line for line in b.log) == 2, "".join(b.log)
     assert pub("bob", "builder") != 0
+    # Refused because bob is gone, not because the broker is: carol still works.
+    assert b.proc.poll() is None
+    assert pub("carol", "pw") == 0
     d.cleanup()
