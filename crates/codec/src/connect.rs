@@ -160,7 +160,9 @@ pub struct ConnAck {
 impl ConnAck {
     pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<ConnAck, DecodeError> {
         let flags = r.u8()?;
-        if flags & 0xFE != 0 {
+        // 3.1 has no session present flag: the whole byte is reserved.
+        let reserved = if version == ProtocolVersion::V31 { 0xFF } else { 0xFE };
+        if flags & reserved != 0 {
             return Err(DecodeError::Malformed("CONNACK reserved flags set"));
         }
         let code = r.u8()?;

@@ -137,7 +137,19 @@ impl SubAck {
         };
         let mut reason_codes = Vec::new();
         while !r.is_empty() {
-            reason_codes.push(ReasonCode(r.u8()?));
+            let code = r.u8()?;
+            // 3.1.1 §3.9.3: 0x00-0x02 and 0x80 only; 5.0 §3.9.3: the
+            // granted QoS or one of its failure reasons.
+            let valid = match version {
+                ProtocolVersion::V5 => {
+                    matches!(code, 0..=2 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2)
+                }
+                _ => matches!(code, 0..=2 | 0x80),
+            };
+            if !valid {
+                return Err(DecodeError::Malformed("reserved SUBACK return code"));
+            }
+            reason_codes.push(ReasonCode(code));
         }
         Ok(SubAck { packet_id, properties, reason_codes })
     }

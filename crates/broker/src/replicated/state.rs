@@ -152,7 +152,9 @@ impl ReplicatedState {
             Command::Subscribe { client, epoch, subs } => self.subscribe(client, epoch, subs, out),
             Command::Unsubscribe { client, epoch, filters } => self.unsubscribe(client, epoch, filters, out),
             Command::SetRetained { topic, message, expires_in_ms } => {
-                let message = message.map(|mut m| {
+                // A zero-byte retained message clears (MQTT-3.3.1-6), whoever
+                // proposed it.
+                let message = message.filter(|m| !m.payload.is_empty()).map(|mut m| {
                     m.expires_at_ms = expires_in_ms.map(|ms| now.saturating_add(ms));
                     m
                 });

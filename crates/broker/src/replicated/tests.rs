@@ -221,6 +221,18 @@ fn node_reset_publishes_wills_ends_clean_sessions_and_moves_persistent_ones() {
     assert_eq!(r, CommandResult::NotOwner);
 }
 
+fn s_msg(topic: &str) -> StoredMessage {
+    StoredMessage {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"x"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: MessageProperties::default(),
+        publisher: None,
+        expires_at_ms: None,
+    }
+}
+
 #[test]
 fn retained_set_clear_expiry_on_replicated_time_and_retained_wills() {
     let mut s = ReplicatedState::default();
@@ -237,6 +249,16 @@ fn retained_set_clear_expiry_on_replicated_time_and_retained_wills() {
     assert_eq!(s.retained().get(&starling_codec::MqttStr::from("r")).unwrap().expires_at_ms, Some(1500));
     run(&mut s, 2000, Command::SetRetained { topic: "r".into(), message: None, expires_in_ms: None });
     assert!(s.retained().is_empty());
+    // A zero-byte retained message clears too, whoever proposed it (found
+    // by the `replicated` fuzz target: it was stored).
+    let empty = StoredMessage { payload: Bytes::new(), ..s_msg("r") };
+    run(
+        &mut s,
+        2100,
+        Command::SetRetained { topic: "r".into(), message: Some(s_msg("r")), expires_in_ms: None },
+    );
+    run(&mut s, 2200, Command::SetRetained { topic: "r".into(), message: Some(empty), expires_in_ms: None });
+    assert!(s.retained().is_empty(), "a zero-byte retained message clears");
     let mut w = will(0);
     w.retain = true;
     run(&mut s, 3000, claim_cmd("z", ep(1, 1), true, 0, Some(w)));
@@ -431,4 +453,62 @@ fn durable_queue_bounds_per_session_and_in_bytes() {
     assert!(out.is_empty());
     // Packet ids follow the sequence and cycle through 1..=65535.
     assert_eq!((packet_id_for(1), packet_id_for(65_535), packet_id_for(65_536)), (1, 65_535, 1));
+}
+
+/// Seed inputs for the `replicated` fuzz target (crates/fuzz): command
+/// sequences with time steps, bincode-encoded as Raft entries carry them.
+/// Always checked to round-trip; written to `$STARLING_FUZZ_SEEDS` when set
+/// (`scripts/fuzz --seed`).
+#[test]
+fn fuzz_seeds_for_command_sequences() {
+    let retained = |topic: &str, payload: &'static [u8], expiry: Option<u64>| Command::SetRetained {
+        topic: topic.into(),
+        message: Some(StoredMessage { topic: topic.into(), retain: true, ..stored(payload) }),
+        expires_in_ms: expiry,
+    };
+    let seeds: Vec<Vec<(u16, Command)>> = vec![
+        sample_commands().into_iter().map(|c| (100, c)).collect(),
+        vec![
+            (10, claim_cmd("p", ep(1, 1), false, 60, None)),
+            (
+                10,
+                Command::Subscribe {
+                    client: c("p"),
+                    epoch: ep(1, 1),
+                    subs: vec![(f("q"), sub(QoS::ExactlyOnce))],
+                },
+            ),
+            (10, release_cmd("p", ep(1, 1), 60, WillOnRelease::Discard)),
+            (10, enqueue(stored(b"1"), vec![target("p", QoS::AtLeastOnce)], 10, 1 << 20)),
+            (10, enqueue(stored(b"2"), vec![target("p", QoS::ExactlyOnce)], 10, 1 << 20)),
+            (10, claim_cmd("p", ep(2, 1), false, 60, None)),
+            (10, Command::MarkReleased { client: c("p"), seqs: vec![2] }),
+            (10, Command::Trim { client: c("p"), seqs: vec![1, 2] }),
+            (6000, Command::Tick),
+        ],
+        vec![
+            (1, retained("r/a", b"1", None)),
+            (1, retained("r/b", b"2", Some(50))),
+            (1, retained("r/a", b"3", None)),
+            (100, Command::Tick),
+            (0x8000 | 50, Command::SetRetained { topic: "r/a".into(), message: None, expires_in_ms: None }),
+        ],
+        vec![
+            (1, claim_cmd("w", ep(1, 1), true, 0, Some(will(2)))),
+            (1, Command::SetLiveness { node: NodeId(1), alive: false }),
+            (1, Command::NodeReset { node: NodeId(1), adopter: None }),
+            (3000, Command::Tick),
+            (1, Command::Unsubscribe { client: c("w"), epoch: ep(1, 1), filters: vec![f("x")] }),
+        ],
+    ];
+    let dir = std::env::var_os("STARLING_FUZZ_SEEDS");
+    for (i, seed) in seeds.iter().enumerate() {
+        let bytes = bincode::serialize(seed).unwrap();
+        let back: Vec<(u16, Command)> = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(&back, seed);
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(std::path::Path::new(dir).join(format!("seed-{i}")), bytes).unwrap();
+        }
+    }
 }
