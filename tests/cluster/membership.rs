@@ -136,6 +136,27 @@ async fn replicated_users_and_acl_rules() {
     assert!(matches!(alice.recv().await, Some(Packet::Ack(a)) if a.reason == ReasonCode::NOT_AUTHORIZED));
     let (ok, out, _) = c.cli_cmd(1, &["acl", "list"]);
     assert!(ok && out.contains("team/#") && out.contains("user alice"), "{out}");
+    // A rule added while alice is subscribed applies to her next deliveries
+    // (each delivery is checked), on her node, whoever publishes where.
+    let (ok, out, err) = c.cli_cmd(1, &["user", "add", "bob", "--password", "pw2"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = c.cli_cmd(1, &["acl", "add", "--allow", "--readwrite", "--user", "bob", "team/#"]);
+    assert!(ok, "{out}{err}");
+    let (mut bob, _) = RawClient::connect_with(c.node(1).mqtt, login("b1", "bob", "pw2")).await;
+    alice.subscribe(3, "team/#", QoS::AtLeastOnce).await;
+    async fn say(bob: &mut RawClient, topic: &'static str, id: u16) {
+        bob.publish(topic, topic.as_bytes(), QoS::AtLeastOnce, false, id).await;
+        assert!(matches!(bob.recv().await, Some(Packet::Ack(a)) if !a.reason.is_error()));
+    }
+    say(&mut bob, "team/before", 1).await;
+    assert_eq!(&alice.recv_publish().await.payload[..], b"team/before");
+    let (ok, out, err) = c
+        .cli_cmd(2, &["acl", "add", "--deny", "--read", "--user", "alice", "team/secret", "--position", "0"]);
+    assert!(ok, "{out}{err}");
+    say(&mut bob, "team/secret", 2).await;
+    say(&mut bob, "team/after", 3).await;
+    let m = alice.recv_publish().await;
+    assert_eq!(&m.payload[..], b"team/after", "team/secret is not delivered to alice any more");
     // Removing the user: new logins fail everywhere.
     let (ok, _, err) = c.cli_cmd(3, &["user", "remove", "alice"]);
     assert!(ok, "{err}");

@@ -192,3 +192,44 @@ async fn shared_subscription_members_on_different_nodes() {
     assert_eq!(all.len(), 60, "each message once");
     assert_eq!(unique.len(), 60, "no message lost");
 }
+
+/// 7b. A `$share` group whose member's node dies: once that node is
+/// declared down, every message reaches one of the surviving members; none
+/// is sent to the dead one.
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_subscription_survives_a_member_node_dying() {
+    let mut c = Cluster::start(3).await;
+    let mut members = Vec::new();
+    for n in 1..=3 {
+        let (mut m, _) = RawClient::connect(c.node(n).mqtt, V5, &format!("worker-{n}"), true).await;
+        m.subscribe(1, "$share/workers/jobs/+", QoS::AtLeastOnce).await;
+        members.push(m);
+    }
+    c.kill9(3);
+    let _dead = members.pop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = c.status(1);
+        let down =
+            s["members"].as_array().is_some_and(|m| m.iter().any(|m| m["id"] == 3 && m["alive"] == false));
+        if down {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 3 not declared down: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "dispatcher", true).await;
+    for i in 0..60u16 {
+        p.publish("jobs/new", format!("{i}").as_bytes(), QoS::AtLeastOnce, false, i + 1).await;
+        assert!(matches!(p.recv().await, Some(Packet::Ack(_))));
+    }
+    let mut all = Vec::new();
+    for m in members.iter_mut() {
+        while let Ok(Some(Packet::Publish(x))) = m.recv_within(Duration::from_millis(500)).await {
+            all.push(String::from_utf8_lossy(&x.payload).to_string());
+            m.send(&Packet::Ack(Ack::new(AckKind::PubAck, x.packet_id))).await;
+        }
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!((all.len(), unique.len()), (60, 60), "each message once, to a surviving member");
+}
