@@ -3,6 +3,7 @@
 //! membership through the admin CLI, and hostile clients against a node
 //! whose memory is measured.
 
+mod damaged;
 mod durable;
 mod failures;
 mod hostile;

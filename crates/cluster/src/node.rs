@@ -122,17 +122,30 @@ impl ClusterNode {
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<ClusterNode>> {
         let node_id = config.node_id;
+        let dir = config.data_dir.display().to_string();
+        let damaged = |what: &str| {
+            format!(
+                "{what} in {dir}: the data directory is damaged; the cluster still has this node's data \
+                 (see \"A damaged data directory\" in docs/operations.md: `starling cluster remove {} --force` \
+                 on a live member, move {dir} away, start again with --join)",
+                node_id.0
+            )
+        };
         let store = Store::open(&config.data_dir, node_id.0)?;
         let peers = PeerClient::new(node_id, ClusterId::new(store.cluster_id()?));
         let local = Arc::new(LocalState::new(node_id, auth, metrics, SessionLimits::from_config(&mqtt)));
-        let sm = StateMachine::open(store.clone(), local.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let sm = StateMachine::open(store.clone(), local.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| damaged("cannot load the snapshot"))?;
         let shared = sm.shared.clone();
-        let log_store = LogStore::open(store.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let log_store = LogStore::open(store.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| damaged("cannot open the Raft log"))?;
         let committed = log_store.committed.clone();
         let network = Network { peers: peers.clone() };
         let raft = Raft::new(node_id, raft_config(&config)?, network, log_store, sm)
             .await
-            .context("starting Raft")?;
+            .with_context(|| damaged("cannot read the Raft log"))?;
         let readiness = Arc::new(Readiness::new(raft.clone(), config.election_timeout * 3));
         let proposer = Proposer {
             raft: raft.clone(),
