@@ -3,6 +3,7 @@
 //! membership through the admin CLI, and hostile clients against a node
 //! whose memory is measured.
 
+mod clock;
 mod damaged;
 mod durable;
 mod failures;

@@ -86,6 +86,8 @@ pub struct Node {
     pub log: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Environment variables for the process (e.g. a faked clock).
+    pub env: Vec<(String, String)>,
     _ports: Vec<PortLease>,
 }
 
@@ -130,6 +132,7 @@ impl Node {
             .args(self.args(join))
             .env("RUST_LOG", "info,starling_cluster=debug")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -229,6 +232,7 @@ impl Cluster {
             log: base.join("starling.log"),
             child: None,
             extra,
+            env: Vec::new(),
             _ports: ports,
         });
         self.nodes.last_mut().expect("node")
