@@ -341,10 +341,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.sync().await.map_err(write_err)?;
         self.recent.lock().purge(log_id.index);
         let wal = self.wal.clone();
-        tokio::task::spawn_blocking(move || wal.lock().purge(log_id.index))
-            .await
-            .map_err(write_err)?
-            .map_err(write_err)
+        tokio::task::spawn_blocking(move || {
+            let (dir, doomed) = {
+                let mut w = wal.lock();
+                let doomed = w.purge(log_id.index);
+                (w.dir().to_path_buf(), doomed)
+            };
+            // Outside the log's lock: appends go on meanwhile.
+            crate::wal::remove_segments(&dir, &doomed)
+        })
+        .await
+        .map_err(write_err)?
+        .map_err(write_err)
     }
 }
 

@@ -212,7 +212,10 @@ impl Wal {
                 let seq = other.map_or(1, |(s, _)| s + 1);
                 let path = self.segment_path(seq);
                 let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-                sync_dir(&self.dir)?;
+                // The new name is made durable with the appends' data: the
+                // directory is synced by the flusher with the files, not
+                // here under the log's lock.
+                touched.push(Arc::new(File::open(&self.dir)?));
                 self.segments.insert(seq, Segment { file: Arc::new(file), path, len: 0, last: None });
                 Ok(seq)
             }
@@ -297,9 +300,11 @@ impl Wal {
         sync_dir(&self.dir)
     }
 
-    /// Forgets entries up to `index` and deletes the segments holding
-    /// nothing newer. The caller has recorded the purge point durably.
-    pub fn purge(&mut self, index: u64) -> io::Result<()> {
+    /// Forgets entries up to `index` and returns the segments holding
+    /// nothing newer, for the caller to delete with `remove_segments` once
+    /// it let go of the log (deleting a large file can take a while). The
+    /// caller has recorded the purge point durably.
+    pub fn purge(&mut self, index: u64) -> Vec<PathBuf> {
         let drop = (index + 1).saturating_sub(self.first).min(self.locs.len() as u64);
         self.locs.drain(..drop as usize);
         self.first = self.first.max(index + 1);
@@ -310,16 +315,23 @@ impl Wal {
             .filter(|(s, seg)| Some(**s) != newest && seg.last.is_none_or(|l| l <= index))
             .map(|(s, _)| *s)
             .collect();
-        if done.is_empty() {
-            return Ok(());
-        }
-        for seq in done {
-            if let Some(seg) = self.segments.remove(&seq) {
-                std::fs::remove_file(&seg.path)?;
-            }
-        }
-        sync_dir(&self.dir)
+        done.into_iter().filter_map(|seq| self.segments.remove(&seq)).map(|seg| seg.path).collect()
     }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Deletes purged segments (see `Wal::purge`) and syncs their directory.
+pub fn remove_segments(dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    for p in paths {
+        std::fs::remove_file(p)?;
+    }
+    sync_dir(dir)
 }
 
 /// Parses the record at the start of `data`: its index and total length,
@@ -362,7 +374,8 @@ mod tests {
         assert_eq!(w.last_index(), Some(7));
         w.append(&entries(8..9)).unwrap();
         assert!(w.append(&entries(10..11)).is_err(), "a gap is refused");
-        w.purge(4).unwrap();
+        let doomed = w.purge(4);
+        remove_segments(&w.dir, &doomed).unwrap();
         assert_eq!(w.read(0, 100).unwrap(), payloads(5..9));
         drop(w);
         let w = Wal::open(dir.path(), Some(4)).unwrap();
@@ -397,7 +410,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Wal::open(dir.path(), None).unwrap();
         w.append(&entries(1..6)).unwrap();
-        w.purge(100).unwrap();
+        let doomed = w.purge(100);
+        remove_segments(&w.dir, &doomed).unwrap();
         assert_eq!((w.last_index(), w.next_index()), (None, 101));
         w.append(&entries(101..103)).unwrap();
         drop(w);
