@@ -15,7 +15,7 @@ _spec = importlib.util.spec_from_file_location(
     "starling_python_suite", os.path.join(os.path.dirname(__file__), "..", "python", "conftest.py"))
 _suite = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_suite)
-BIN, ROOT, Broker = _suite.BIN, _suite.ROOT, _suite.Broker
+BIN, ROOT, Broker, make_pki = _suite.BIN, _suite.ROOT, _suite.Broker, _suite.make_pki
 
 ACL = os.path.join(ROOT, "deploy", "chat", "acl.toml")
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}

@@ -226,27 +226,10 @@ def restart(node, port, tmpdir):
     return chat_broker(tmpdir, data_dir=node.data_dir, mqtt_listen=f"127.0.0.1:{port}")
 
 
-def make_ca(d, name):
-    """A throw-away CA and, signed by it, a certificate for 127.0.0.1."""
-    import os
-    import subprocess
-    p = lambda n: os.path.join(d, f"{name}-{n}")
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name} CA",
-        "-keyout", p("ca.key"), "-out", p("ca.pem"))
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", p("server.key"), "-out", p("server.csr"))
-    with open(p("ext.cnf"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("openssl", "x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
-        "-CAcreateserial", "-days", "2", "-extfile", p("ext.cnf"), "-out", p("server.pem"))
-    return p
-
-
 def test_terminal_over_tls(tmp_path):
-    from chatkit import chat_broker
-    pki = make_ca(str(tmp_path), "good")
-    other = make_ca(str(tmp_path), "other")
+    from chatkit import chat_broker, make_pki
+    pki = make_pki(str(tmp_path), "good")
+    other = make_pki(str(tmp_path), "other")
     node = chat_broker(str(tmp_path), "--set", f'tls.cert="{pki("server.pem")}"',
                        "--set", f'tls.key="{pki("server.key")}"')
     tls_server = f"127.0.0.1:{node.mqtts[1]}"

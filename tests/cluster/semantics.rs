@@ -167,30 +167,48 @@ async fn persistent_session_resumes_elsewhere_with_its_queue_in_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shared_subscription_members_on_different_nodes() {
     let c = Cluster::start(3).await;
+    let mut members = share_members(&c).await;
+    dispatch_jobs(&c).await;
+    let shares = collect_shares(&mut members).await;
+    assert!(shares.iter().all(|s| !s.is_empty()), "every member gets a share");
+    let all: Vec<&String> = shares.iter().flatten().collect();
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 60, "each message once");
+    assert_eq!(unique.len(), 60, "no message lost");
+}
+
+/// One `$share/workers/jobs/+` member on each of nodes 1..=3.
+async fn share_members(c: &Cluster) -> Vec<RawClient> {
     let mut members = Vec::new();
     for n in 1..=3 {
         let (mut m, _) = RawClient::connect(c.node(n).mqtt, V5, &format!("worker-{n}"), true).await;
         m.subscribe(1, "$share/workers/jobs/+", QoS::AtLeastOnce).await;
         members.push(m);
     }
+    members
+}
+
+/// Publishes jobs "0".."59" through node 1, each acknowledged.
+async fn dispatch_jobs(c: &Cluster) {
     let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "dispatcher", true).await;
     for i in 0..60u16 {
         p.publish("jobs/new", format!("{i}").as_bytes(), QoS::AtLeastOnce, false, i + 1).await;
         assert!(matches!(p.recv().await, Some(Packet::Ack(_))));
     }
-    let mut all = Vec::new();
+}
+
+/// What each member received (and acknowledged) until it went quiet.
+async fn collect_shares(members: &mut [RawClient]) -> Vec<Vec<String>> {
+    let mut shares = Vec::new();
     for m in members.iter_mut() {
-        let mut mine = 0;
+        let mut mine = Vec::new();
         while let Ok(Some(Packet::Publish(x))) = m.recv_within(Duration::from_millis(500)).await {
-            all.push(String::from_utf8_lossy(&x.payload).to_string());
+            mine.push(String::from_utf8_lossy(&x.payload).to_string());
             m.send(&Packet::Ack(Ack::new(AckKind::PubAck, x.packet_id))).await;
-            mine += 1;
         }
-        assert!(mine > 0, "every member gets a share");
+        shares.push(mine);
     }
-    let unique: HashSet<_> = all.iter().collect();
-    assert_eq!(all.len(), 60, "each message once");
-    assert_eq!(unique.len(), 60, "no message lost");
+    shares
 }
 
 /// 7b. A `$share` group whose member's node dies: once that node is
@@ -199,12 +217,7 @@ async fn shared_subscription_members_on_different_nodes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shared_subscription_survives_a_member_node_dying() {
     let mut c = Cluster::start(3).await;
-    let mut members = Vec::new();
-    for n in 1..=3 {
-        let (mut m, _) = RawClient::connect(c.node(n).mqtt, V5, &format!("worker-{n}"), true).await;
-        m.subscribe(1, "$share/workers/jobs/+", QoS::AtLeastOnce).await;
-        members.push(m);
-    }
+    let mut members = share_members(&c).await;
     c.kill9(3);
     let _dead = members.pop();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -218,18 +231,8 @@ async fn shared_subscription_survives_a_member_node_dying() {
         assert!(std::time::Instant::now() < deadline, "node 3 not declared down: {s}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "dispatcher", true).await;
-    for i in 0..60u16 {
-        p.publish("jobs/new", format!("{i}").as_bytes(), QoS::AtLeastOnce, false, i + 1).await;
-        assert!(matches!(p.recv().await, Some(Packet::Ack(_))));
-    }
-    let mut all = Vec::new();
-    for m in members.iter_mut() {
-        while let Ok(Some(Packet::Publish(x))) = m.recv_within(Duration::from_millis(500)).await {
-            all.push(String::from_utf8_lossy(&x.payload).to_string());
-            m.send(&Packet::Ack(Ack::new(AckKind::PubAck, x.packet_id))).await;
-        }
-    }
+    dispatch_jobs(&c).await;
+    let all: Vec<String> = collect_shares(&mut members).await.into_iter().flatten().collect();
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!((all.len(), unique.len()), (60, 60), "each message once, to a surviving member");
 }

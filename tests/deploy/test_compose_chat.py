@@ -14,12 +14,14 @@ import time
 import pytest
 
 HERE = os.path.dirname(__file__)
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+# The terminal client of the host build the images were made from.
+os.environ.setdefault("STARLING_BIN", os.path.join(ROOT, "target", "release", "starling"))
 sys.path.insert(0, os.path.join(HERE, "..", "chat"))
 from browser import Page, wait  # noqa: E402
+from chatkit import Terminal  # noqa: E402
 from test_compose import NODES, compose, metric, node_http, status, wait_for  # noqa: E402
 
-ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-BIN = os.environ.get("STARLING_BIN", os.path.join(ROOT, "target", "release", "starling"))
 URL = "http://127.0.0.1:8080/chat/"
 USERS = {"alice": "alice-pw-1", "bob": "bob-pw-1", "carol": "carol-pw-1"}
 
@@ -45,34 +47,6 @@ def sign_in_on_new_node(user, avoid=None, tries=6):
     raise AssertionError(f"{user} did not land on a node other than {avoid}")
 
 
-class Terminal:
-    def __init__(self, user):
-        from queue import Queue
-        import threading
-        env = dict(os.environ, STARLING_CHAT_PASSWORD=USERS[user])
-        self.proc = subprocess.Popen([BIN, "chat", "--server", "127.0.0.1:1883", "--user", user],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, bufsize=1, env=env)
-        self.lines = []
-        threading.Thread(target=lambda: [self.lines.append(l.rstrip("\n")) for l in self.proc.stdout],
-                         daemon=True).start()
-
-    def type(self, line):
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def has(self, text):
-        return any(text in l for l in self.lines)
-
-    def wait_for(self, text, timeout=30):
-        wait(lambda: self.has(text), timeout, f"terminal line {text!r}; got {self.lines[-5:]}")
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def setup():
     for user, pw in USERS.items():
@@ -94,8 +68,8 @@ def test_chat_across_nodes_with_a_node_killed(setup):
         bob, bob_node = sign_in_on_new_node("bob", avoid=alice_node)
         pages.append(bob)
         print("alice on", alice_node, "bob on", bob_node)
-        carol = Terminal("carol")
-        carol.wait_for("* connected")
+        carol = Terminal("127.0.0.1:1883", "carol", USERS["carol"])
+        carol.wait_for("* connected", timeout=30)
         wait(lambda: alice.roster().get("bob") == "online" and alice.roster().get("carol") == "online",
              30, "roster")
 
@@ -104,7 +78,7 @@ def test_chat_across_nodes_with_a_node_killed(setup):
         bob.wait_text("hi bob, from " + alice_node)
         bob.send("hi alice, from " + bob_node)
         alice.wait_text("hi alice, from " + bob_node)
-        carol.wait_for("#general bob: hi alice, from " + bob_node)
+        carol.wait_for("#general bob: hi alice, from " + bob_node, timeout=30)
         carol.type("carol via haproxy:1883")
         alice.wait_text("carol via haproxy:1883")
         bob.wait_text("carol via haproxy:1883")
@@ -113,7 +87,7 @@ def test_chat_across_nodes_with_a_node_killed(setup):
         # bob's browser is closed: his will tells everyone.
         bob.close()
         wait(lambda: alice.roster().get("bob") == "offline", 30, "bob offline")
-        carol.wait_for("* bob is offline")
+        carol.wait_for("* bob is offline", timeout=30)
         alice.open_dm("bob")
         alice.send("a DM while you were away")
         wait(lambda: alice.messages()[-1][3] == "acknowledged", 30, "DM acknowledged")
@@ -152,12 +126,12 @@ def test_chat_across_nodes_with_a_node_killed(setup):
                 assert [t for t in texts if t in sent] == sent, "in the sender's order"
         alice.shot("cluster-after-node-kill-alice")
         bob.shot("cluster-after-node-kill-bob")
-        carol.wait_for("bob during the failover 7", 60)
+        carol.wait_for("bob during the failover 7", timeout=60)
     finally:
         for p in pages:
             p.close()
         if carol:
-            carol.close()
+            carol.kill()
         if killed:
             compose("start", killed)
             wait_for(lambda: "ready" in node_http(killed, "/health/ready"), f"{killed} ready", 90)

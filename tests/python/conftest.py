@@ -108,6 +108,24 @@ class Broker:
         self.dir.cleanup()
 
 
+def make_pki(directory, name="Test"):
+    """A throw-away CA and, signed by it, a server certificate for 127.0.0.1
+    and localhost, via openssl. Returns path(file) for "ca.pem",
+    "server.pem", "server.key" (prefixed with `name`, so several CAs can
+    share a directory)."""
+    p = lambda n: os.path.join(directory, f"{name}-{n}")
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name} CA",
+        "-keyout", p("ca.key"), "-out", p("ca.pem"))
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", p("server.key"), "-out", p("server.csr"))
+    with open(p("ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("openssl", "x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+        "-CAcreateserial", "-days", "2", "-extfile", p("ext.cnf"), "-out", p("server.pem"))
+    return p
+
+
 @pytest.fixture
 def broker():
     b = Broker()

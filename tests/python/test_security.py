@@ -8,6 +8,7 @@ import tempfile
 import paho.mqtt.client as mqtt
 import pytest
 
+from conftest import make_pki
 from test_paho import Client, TIMEOUT
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -18,17 +19,7 @@ BIN = os.environ.get("STARLING_BIN", os.path.join(ROOT, "target", "debug", "star
 def pki():
     """A throw-away CA and a server certificate for 127.0.0.1, via openssl."""
     d = tempfile.TemporaryDirectory(prefix="starling-pki-")
-    p = lambda n: os.path.join(d.name, n)
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA",
-        "-keyout", p("ca.key"), "-out", p("ca.pem"))
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", p("server.key"), "-out", p("server.csr"))
-    with open(p("ext.cnf"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("openssl", "x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
-        "-CAcreateserial", "-days", "2", "-extfile", p("ext.cnf"), "-out", p("server.pem"))
-    yield p
+    yield make_pki(d.name)
     d.cleanup()
 
 

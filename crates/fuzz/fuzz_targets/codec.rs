@@ -6,15 +6,11 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use starling_codec::{decode, ProtocolVersion};
+use starling_codec::decode;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, rest)) = data.split_first() else { return };
-    let version = match control % 3 {
-        0 => ProtocolVersion::V31,
-        1 => ProtocolVersion::V311,
-        _ => ProtocolVersion::V5,
-    };
+    let version = starling_fuzz::version(control);
     // The other bits of the control byte choose the piece size.
     let piece = usize::from(control >> 2) + 1;
     let max = 64 * 1024;

@@ -68,11 +68,7 @@ async fn session(mut s: DuplexStream, bytes: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, rest)) = data.split_first() else { return };
-    let version = match control % 3 {
-        0 => ProtocolVersion::V31,
-        1 => ProtocolVersion::V311,
-        _ => ProtocolVersion::V5,
-    };
+    let version = starling_fuzz::version(control);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
     rt.block_on(async {
         let config = MqttConfig { max_packet_size: 64 * 1024, sys_interval_secs: 0, ..MqttConfig::default() };

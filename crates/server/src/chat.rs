@@ -435,7 +435,6 @@ impl Chat {
                         println!("! not sent ({:?}): {}", a.reason, m.shown);
                     } else {
                         println!("{} ✓", m.shown);
-                        self.remember_payload(&m.payload);
                     }
                 }
             }
@@ -457,14 +456,6 @@ impl Chat {
             _ => {}
         }
         Ok(None)
-    }
-
-    fn remember_payload(&mut self, payload: &[u8]) {
-        if let Ok(b) = serde_json::from_slice::<Body>(payload) {
-            if let Some(id) = b.id {
-                self.remember(id);
-            }
-        }
     }
 
     /// Records a message id; false when it was seen before.

@@ -221,42 +221,22 @@ fn node_reset_publishes_wills_ends_clean_sessions_and_moves_persistent_ones() {
     assert_eq!(r, CommandResult::NotOwner);
 }
 
-fn s_msg(topic: &str) -> StoredMessage {
-    StoredMessage {
-        topic: topic.into(),
-        payload: Bytes::from_static(b"x"),
-        qos: QoS::AtMostOnce,
-        retain: true,
-        properties: MessageProperties::default(),
-        publisher: None,
-        expires_at_ms: None,
-    }
-}
-
 #[test]
 fn retained_set_clear_expiry_on_replicated_time_and_retained_wills() {
     let mut s = ReplicatedState::default();
-    let m = StoredMessage {
-        topic: "r".into(),
-        payload: Bytes::from_static(b"x"),
-        qos: QoS::AtMostOnce,
-        retain: true,
-        properties: MessageProperties::default(),
-        publisher: None,
-        expires_at_ms: None,
-    };
-    run(&mut s, 1000, Command::SetRetained { topic: "r".into(), message: Some(m), expires_in_ms: Some(500) });
+    let m = StoredMessage { topic: "r".into(), retain: true, ..stored(b"x") };
+    run(
+        &mut s,
+        1000,
+        Command::SetRetained { topic: "r".into(), message: Some(m.clone()), expires_in_ms: Some(500) },
+    );
     assert_eq!(s.retained().get(&starling_codec::MqttStr::from("r")).unwrap().expires_at_ms, Some(1500));
     run(&mut s, 2000, Command::SetRetained { topic: "r".into(), message: None, expires_in_ms: None });
     assert!(s.retained().is_empty());
     // A zero-byte retained message clears too, whoever proposed it (found
     // by the `replicated` fuzz target: it was stored).
-    let empty = StoredMessage { payload: Bytes::new(), ..s_msg("r") };
-    run(
-        &mut s,
-        2100,
-        Command::SetRetained { topic: "r".into(), message: Some(s_msg("r")), expires_in_ms: None },
-    );
+    let empty = StoredMessage { payload: Bytes::new(), ..m.clone() };
+    run(&mut s, 2100, Command::SetRetained { topic: "r".into(), message: Some(m), expires_in_ms: None });
     run(&mut s, 2200, Command::SetRetained { topic: "r".into(), message: Some(empty), expires_in_ms: None });
     assert!(s.retained().is_empty(), "a zero-byte retained message clears");
     let mut w = will(0);
