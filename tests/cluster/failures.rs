@@ -75,14 +75,17 @@ async fn killed_node_wills_sessions_and_restart() {
 }
 
 /// 6. A node cut off from the majority refuses new CONNECTs with "server
-/// unavailable", fails readiness, keeps local delivery for existing clients,
-/// never crash-loops, and rejoins cleanly.
+/// unavailable", fails readiness, keeps local QoS 0 delivery for existing
+/// clients, holds their QoS 1 messages (its routes may be stale) and
+/// refuses them if it stays cut off, never crash-loops, and rejoins
+/// cleanly; a QoS 1 message held while it rejoins goes out then.
 #[tokio::test(flavor = "multi_thread")]
 async fn minority_node_refuses_connects_but_keeps_local_delivery() {
     let mut c = Cluster::start(3).await;
     let (mut sub, _) = RawClient::connect(c.node(1).mqtt, V311, "local-sub", true).await;
     sub.subscribe(1, "local/t", QoS::AtMostOnce).await;
     let (mut publ, _) = RawClient::connect(c.node(1).mqtt, V311, "local-pub", true).await;
+    let (mut publ5, _) = RawClient::connect(c.node(1).mqtt, V5, "local-pub5", true).await;
 
     c.freeze(2);
     c.freeze(3);
@@ -98,11 +101,30 @@ async fn minority_node_refuses_connects_but_keeps_local_delivery() {
     // Existing clients keep local delivery.
     publ.publish("local/t", b"still here", QoS::AtMostOnce, false, 0).await;
     assert_eq!(&sub.recv_publish().await.payload[..], b"still here");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // QoS 1 is held, then refused (5.0: 0x80) and delivered to no one: the
+    // QoS 0 message sent after it is the next thing the subscriber gets.
+    publ5.publish("local/t", b"refused", QoS::AtLeastOnce, false, 7).await;
+    publ5.publish("local/t", b"after the refused one", QoS::AtMostOnce, false, 0).await;
+    match publ5.recv_within(Duration::from_secs(15)).await {
+        Ok(Some(Packet::Ack(a))) => {
+            assert_eq!((a.packet_id, a.reason), (7, ReasonCode::UNSPECIFIED_ERROR), "{a:?}")
+        }
+        other => panic!("expected PUBACK 0x80 for the held message, got {other:?}"),
+    }
+    assert_eq!(&sub.recv_publish().await.payload[..], b"after the refused one");
     assert!(c.node_mut(1).running(), "the cut-off node must not crash");
 
+    // Held while the node rejoins: delivered and acknowledged then.
+    publ5.publish("local/t", b"held", QoS::AtLeastOnce, false, 8).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     c.thaw(2);
     c.thaw(3);
+    match publ5.recv_within(Duration::from_secs(15)).await {
+        Ok(Some(Packet::Ack(a))) => assert_eq!((a.packet_id, a.reason), (8, ReasonCode::SUCCESS), "{a:?}"),
+        other => panic!("expected PUBACK for the held message, got {other:?}"),
+    }
+    assert_eq!(&sub.recv_publish().await.payload[..], b"held");
+
     c.wait_ready(1).await;
     c.wait_members(3).await;
     let (_n, ack) = RawClient::connect(c.node(1).mqtt, V311, "newcomer", true).await;

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::ids::ClientId;
 use crate::metrics::Metrics;
-use crate::port::StatePort;
+use crate::port::{PortError, StatePort};
 use crate::replicated::{Command, CommandResult};
 
 const ENQUEUE_QUEUE: usize = 65_536;
@@ -53,6 +53,9 @@ pub enum Stored {
     QuotaExceeded,
     /// Not committed (no quorum): not acknowledged as stored.
     Unavailable,
+    /// Handed to the replicated log without a known outcome (a timeout, a
+    /// leader change): it may be stored.
+    Unknown,
 }
 
 pub type StoredWaiter = oneshot::Receiver<Stored>;
@@ -153,8 +156,10 @@ async fn enqueue_loop(port: Arc<dyn StatePort>, mut rx: mpsc::Receiver<EnqueueJo
             }
             Err(e) => {
                 tracing::debug!(error = %e, "durable messages not committed");
+                let outcome =
+                    if matches!(e, PortError::Unknown(_)) { Stored::Unknown } else { Stored::Unavailable };
                 for reply in replies {
-                    let _ = reply.send(Stored::Unavailable);
+                    let _ = reply.send(outcome);
                 }
             }
         }

@@ -38,4 +38,4 @@ pub use broker::{Broker, BrokerParts};
 pub use config::{ConfigError, MqttConfig};
 pub use connection::{serve, ConnectionInfo};
 pub use ops::{Released, SessionClaim, SubscribeRequest};
-pub use router::PublishOutcome;
+pub use router::{PublishOutcome, RoutePlan};

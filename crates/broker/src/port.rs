@@ -18,6 +18,11 @@ pub enum PortError {
     /// answers "server unavailable"; other requests close the connection.
     #[error("replicated state unavailable: {0}")]
     Unavailable(String),
+    /// The change was handed to the replicated log, but whether it was
+    /// committed is unknown (a timeout, a leader change): it may still
+    /// take effect.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
     /// The connection no longer owns the session (it was taken over).
     #[error("session is owned by another connection")]
     NotOwner,

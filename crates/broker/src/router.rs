@@ -28,6 +28,28 @@ struct Candidate {
     subscription_ids: Vec<u32>,
 }
 
+/// Where a message goes, decided before anything is delivered: a message
+/// that must first be stored for persistent sessions is delivered to the
+/// others only once it is (a refused message reaches no one).
+#[derive(Default)]
+pub struct RoutePlan {
+    normal: Vec<Candidate>,
+    shared: Vec<Candidate>,
+    remote: Vec<RemotePlan>,
+    /// Persistent sessions (anywhere) to store the message for.
+    pub durable: Vec<DurableTarget>,
+}
+
+impl RoutePlan {
+    /// Whether any subscriber matched.
+    pub fn matched(&self) -> bool {
+        !(self.normal.is_empty()
+            && self.shared.is_empty()
+            && self.remote.is_empty()
+            && self.durable.is_empty())
+    }
+}
+
 /// What happened to a published message on this node.
 #[derive(Debug, Default)]
 pub struct PublishOutcome {
@@ -104,12 +126,17 @@ fn candidate(route: &Route, session: &Arc<Session>, msg: &Message) -> Candidate 
 
 impl Broker {
     /// Delivers `msg` to every matching local session and forwards it to
-    /// the other nodes that have matching subscribers.
+    /// the other nodes that have matching subscribers; persistent sessions'
+    /// targets are returned in `durable` (the caller stores them).
     pub fn route(&self, msg: &Arc<Message>) -> PublishOutcome {
-        let mut normal: Vec<Candidate> = Vec::new();
-        let mut shared: Vec<Candidate> = Vec::new();
-        let mut plans: Vec<RemotePlan> = Vec::new();
-        let mut durable: Vec<DurableTarget> = Vec::new();
+        let plan = self.plan_route(msg);
+        self.execute_route(msg, plan)
+    }
+
+    /// Matches `msg` against the routes without delivering anything yet
+    /// (each `$share` group picks its member now).
+    pub fn plan_route(&self, msg: &Arc<Message>) -> RoutePlan {
+        let mut plan = RoutePlan::default();
         let publisher = msg.publisher.as_ref();
         self.inner.views.routes.for_each_match(&msg.topic, |m| match m {
             Matched::Route(r) => {
@@ -117,24 +144,24 @@ impl Broker {
                     return;
                 }
                 if let Some(t) = durable_target(r, msg) {
-                    durable.push(t);
+                    plan.durable.push(t);
                     return;
                 }
                 match &r.target {
-                    RouteTarget::Local(s) => normal.push(candidate(r, s, msg)),
-                    RouteTarget::Remote(n) => plan_for(&mut plans, *n).deliver_normal = true,
+                    RouteTarget::Local(s) => plan.normal.push(candidate(r, s, msg)),
+                    RouteTarget::Remote(n) => plan_for(&mut plan.remote, *n).deliver_normal = true,
                     RouteTarget::Unowned => {}
                 }
             }
             Matched::Shared(g) => {
                 if let Some(r) = g.pick() {
                     if let Some(t) = durable_target(r, msg) {
-                        durable.push(t);
+                        plan.durable.push(t);
                         return;
                     }
                     match &r.target {
-                        RouteTarget::Local(s) => shared.push(candidate(r, s, msg)),
-                        RouteTarget::Remote(n) => plan_for(&mut plans, *n).shared.push(SharedTarget {
+                        RouteTarget::Local(s) => plan.shared.push(candidate(r, s, msg)),
+                        RouteTarget::Remote(n) => plan_for(&mut plan.remote, *n).shared.push(SharedTarget {
                             client: r.client.clone(),
                             qos: msg.qos.min(r.options.qos),
                             subscription_id: r.subscription_id,
@@ -144,13 +171,20 @@ impl Broker {
                 }
             }
         });
-        let mut outcome = enqueue_all(msg, normal, shared);
-        merge_durable(&mut durable);
-        outcome.durable = durable;
-        if !plans.is_empty() {
-            outcome.remote_nodes = plans.iter().map(|p| p.node).collect();
+        merge_durable(&mut plan.durable);
+        plan
+    }
+
+    /// Delivers what `plan` holds to local sessions and forwards it to
+    /// other nodes; whatever durable targets are still in the plan come
+    /// back in the outcome.
+    pub fn execute_route(&self, msg: &Arc<Message>, plan: RoutePlan) -> PublishOutcome {
+        let mut outcome = enqueue_all(msg, plan.normal, plan.shared);
+        outcome.durable = plan.durable;
+        if !plan.remote.is_empty() {
+            outcome.remote_nodes = plan.remote.iter().map(|p| p.node).collect();
             if let Some(f) = &self.inner.forwarder {
-                outcome.ack = f.forward(msg, plans, msg.qos != QoS::AtMostOnce);
+                outcome.ack = f.forward(msg, plan.remote, msg.qos != QoS::AtMostOnce);
             }
         }
         outcome

@@ -60,7 +60,8 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let answer = match self.peers.raft(&self.addr, rpc, data.into(), option.hard_ttl()).await {
+        let answer = match self.peers.raft(self.target, &self.addr, rpc, data.into(), option.hard_ttl()).await
+        {
             Ok(a) => a,
             Err(PeerError::Unreachable(why)) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&Msg(why))))

@@ -161,6 +161,7 @@ impl ClusterNode {
             readiness: readiness.clone(),
             local: local.clone(),
             stats: stats.clone(),
+            confirm_deadline: config.write_timeout.max(config.node_down_after + Duration::from_secs(2)),
         });
         let forwarder = Arc::new(PeerForwarder::new(peers.clone()));
         let broker =
@@ -277,6 +278,23 @@ impl ClusterNode {
         let n = self.broker.disconnect_all(starling_codec::ReasonCode::USE_ANOTHER_SERVER);
         let _ = tokio::time::timeout(grace, self.broker.wait_idle()).await;
         n
+    }
+
+    /// Resolves when the Raft core stopped by itself: a storage error (a
+    /// full or failing disk) leaves the node unable to vote or apply, so it
+    /// must stop and be restarted (fail-stop) rather than linger half alive.
+    pub async fn core_failed(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow().running_state {
+                if !matches!(e, openraft::error::Fatal::Stopped) {
+                    return e.to_string();
+                }
+            }
+            if rx.changed().await.is_err() {
+                return "the Raft core ended".into();
+            }
+        }
     }
 
     /// Stops Raft after the gRPC server has been told to stop.

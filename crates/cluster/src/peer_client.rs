@@ -151,13 +151,19 @@ impl PeerClient {
     /// One openraft RPC; `data` and the answer are bincode.
     pub async fn raft(
         &self,
+        to: NodeId,
         addr: &str,
         rpc: RaftRpc,
         data: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, PeerError> {
         let mut c = self.peer(addr)?;
-        let msg = RaftMessage { cluster_id: self.cluster_id.get().to_string(), data, format: FORMAT_VERSION };
+        let msg = RaftMessage {
+            cluster_id: self.cluster_id.get().to_string(),
+            data,
+            format: FORMAT_VERSION,
+            to_node: to.0,
+        };
         let req = Self::request(msg, timeout);
         let resp = match rpc {
             RaftRpc::Append => c.append_entries(req).await,

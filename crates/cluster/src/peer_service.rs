@@ -53,13 +53,25 @@ impl PeerService {
 
     fn decode<T: serde::de::DeserializeOwned>(&self, m: &RaftMessage) -> Result<T, ServiceError> {
         self.check(&m.cluster_id, Some(m.format))?;
+        let me = self.proposer.peers.node_id();
+        if m.to_node != 0 && m.to_node != me.0 {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "Raft message for node {} refused: this is node {me} (a replaced node at the old address)",
+                m.to_node
+            )));
+        }
         bincode::deserialize(&m.data).map_err(|e| self.corrupt("Raft message", e))
     }
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
     let data = bincode::serialize(v).map_err(|e| ServiceError::Internal(e.to_string()))?;
-    Ok(Response::new(RaftMessage { cluster_id: String::new(), data: data.into(), format: FORMAT_VERSION }))
+    Ok(Response::new(RaftMessage {
+        cluster_id: String::new(),
+        data: data.into(),
+        format: FORMAT_VERSION,
+        to_node: 0,
+    }))
 }
 
 /// Delivers one forwarded message to this node's local subscribers.
@@ -81,9 +93,12 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<ForwardAck, Status>> + Send>>;
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let r = self.raft.append_entries(self.decode(&req.into_inner())?).await;
+        let ae: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
+            self.decode(&req.into_inner())?;
+        let leader_commit = ae.leader_commit.map(|l| l.index);
+        let r = self.raft.append_entries(ae).await;
         if r.is_ok() {
-            self.readiness.leader_contact();
+            self.readiness.leader_contact(leader_commit);
         }
         encode(&r)
     }
@@ -95,7 +110,7 @@ impl Peer for PeerService {
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let r = self.raft.install_snapshot(self.decode(&req.into_inner())?).await;
         if r.is_ok() {
-            self.readiness.leader_contact();
+            self.readiness.leader_contact(None);
         }
         encode(&r)
     }

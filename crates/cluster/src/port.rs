@@ -27,7 +27,7 @@ use crate::types::NodeId;
 use crate::wire::decode_delivery;
 use crate::writer::Writer;
 
-/// How long a commit waits for one member to apply it.
+/// How long one `WaitApplied` call waits for a member to apply an entry.
 const PROPAGATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ClusterPort {
@@ -37,19 +37,41 @@ pub struct ClusterPort {
     pub readiness: Arc<Readiness>,
     pub local: Arc<LocalState>,
     pub stats: Arc<PeerStats>,
+    /// How long a change that must be in force on every node (a
+    /// subscription, a user, an ACL rule) waits for a member that neither
+    /// confirms it nor is declared down, before the change is reported as
+    /// not confirmed. Longer than the liveness timeout, so a dead member is
+    /// declared down first.
+    pub confirm_deadline: Duration,
 }
 
-/// Waits until every live member has applied `index` (each for at most
-/// `PROPAGATE_TIMEOUT`; a member that does not answer is skipped: it is
-/// down or cut off, and catches up before it is ready again).
-pub(crate) async fn propagate(peers: &PeerClient, sm: &SmShared, index: u64) {
-    let down = sm.with_state(|s| s.down().clone());
-    let waits = sm.members().into_iter().filter(|(id, _)| *id != peers.node_id() && !down.contains(id)).map(
-        |(_, addr)| async move {
-            let _ = peers.wait_applied(&addr, index, PROPAGATE_TIMEOUT).await;
-        },
-    );
-    futures_util::future::join_all(waits).await;
+/// Waits until every member that is not declared down has applied `index`.
+/// A member that does not answer is asked again until it answers or the
+/// cluster declares it down; `false` when `deadline` passed first (a member
+/// still counted as live, e.g. reachable from the leader but not from this
+/// node, may route without the change).
+pub(crate) async fn propagate(peers: &PeerClient, sm: &SmShared, index: u64, deadline: Duration) -> bool {
+    let until = Instant::now() + deadline;
+    let waits =
+        sm.members().into_iter().filter(|(id, _)| *id != peers.node_id()).map(|(id, addr)| async move {
+            loop {
+                if sm.with_state(|s| s.down().contains(&id)) {
+                    return true;
+                }
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    tracing::warn!(peer = %id, index, "a live member did not confirm a change in time");
+                    return false;
+                }
+                match peers.wait_applied(&addr, index, PROPAGATE_TIMEOUT.min(left)).await {
+                    Ok(applied) if applied >= index => return true,
+                    // Not applied yet (it answered at its timeout): ask again.
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100).min(left)).await,
+                }
+            }
+        });
+    futures_util::future::join_all(waits).await.into_iter().all(|ok| ok)
 }
 
 impl ClusterPort {
@@ -58,7 +80,7 @@ impl ClusterPort {
     async fn take_over(&self, client: &ClientId, previous: NodeId, claim_index: u64) {
         // Publishers everywhere must route here before the client is told
         // it is connected.
-        propagate(&self.peers, &self.sm, claim_index).await;
+        propagate(&self.peers, &self.sm, claim_index, PROPAGATE_TIMEOUT).await;
         let Some(addr) = self.sm.member_addr(previous) else { return };
         let messages = match self.peers.take_session(&addr, client, claim_index).await {
             Ok(m) => m,
@@ -101,8 +123,13 @@ impl StatePort for ClusterPort {
         };
         let (result, index) =
             self.writer.write(cmd).await.map_err(|e| PortError::Unavailable(e.to_string()))?;
-        if every_node && result != CommandResult::NotOwner {
-            propagate(&self.peers, &self.sm, index).await;
+        if every_node
+            && result != CommandResult::NotOwner
+            && !propagate(&self.peers, &self.sm, index, self.confirm_deadline).await
+        {
+            return Err(PortError::Unavailable(
+                "committed, but a live member did not confirm it in time (unreachable from this node)".into(),
+            ));
         }
         if let (Some(client), CommandResult::Claimed { session_present: true, previous_owner: Some(prev) }) =
             (resuming, &result)
@@ -118,8 +145,9 @@ impl StatePort for ClusterPort {
         if !self.readiness.is_ready() {
             return Err(PortError::Unavailable("this node is not connected to a quorum".into()));
         }
+        // Handed to the log: a failure from here on may still commit.
         let (results, _) =
-            self.writer.write_all(cmds).await.map_err(|e| PortError::Unavailable(e.to_string()))?;
+            self.writer.write_all(cmds).await.map_err(|e| PortError::Unknown(e.to_string()))?;
         Ok(results)
     }
 

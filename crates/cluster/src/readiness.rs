@@ -1,6 +1,8 @@
 //! Whether this node takes clients: it knows a leader and heard from it
-//! recently (or, leading, a quorum acknowledged it recently), it finished
-//! its startup reset, and it is not draining. The port refuses CONNECT,
+//! recently (or, leading, a quorum acknowledged it recently), it has applied
+//! what the leader had committed when contact was (re)established (a node
+//! back from a partition routes with the subscriptions made meanwhile), it
+//! finished its startup reset, and it is not draining. The port refuses CONNECT,
 //! SUBSCRIBE and the rest while not ready; `/health/ready` reports it, so
 //! the load balancer moves clients away from a node cut off from the
 //! majority.
@@ -12,12 +14,21 @@ use parking_lot::Mutex;
 
 use crate::types::Raft;
 
+#[derive(Default)]
+struct Contact {
+    /// When the leader last reached this node (AppendEntries, snapshot).
+    at: Option<Instant>,
+    /// The leader's commit index in its first AppendEntries after contact
+    /// was (re)established: applied up to it, the node is caught up.
+    target: Option<u64>,
+    caught_up: bool,
+}
+
 pub struct Readiness {
     raft: Raft,
     /// How recent the leader's (or the quorum's) last word must be.
     fresh: Duration,
-    /// When the leader last reached this node (AppendEntries, snapshot).
-    leader_contact: Mutex<Option<Instant>>,
+    leader_contact: Mutex<Contact>,
     draining: AtomicBool,
     reset_done: AtomicBool,
 }
@@ -27,15 +38,25 @@ impl Readiness {
         Readiness {
             raft,
             fresh,
-            leader_contact: Mutex::new(None),
+            leader_contact: Mutex::new(Contact::default()),
             draining: AtomicBool::new(false),
             reset_done: AtomicBool::new(false),
         }
     }
 
-    /// The leader just reached this node.
-    pub fn leader_contact(&self) {
-        *self.leader_contact.lock() = Some(Instant::now());
+    /// The leader just reached this node; `leader_commit` is the commit
+    /// index it announced (AppendEntries).
+    pub fn leader_contact(&self, leader_commit: Option<u64>) {
+        let mut c = self.leader_contact.lock();
+        if c.at.is_none_or(|t| t.elapsed() >= self.fresh) {
+            // Contact was lost (or never there): catch up again.
+            c.caught_up = false;
+            c.target = None;
+        }
+        if !c.caught_up && c.target.is_none() {
+            c.target = leader_commit;
+        }
+        c.at = Some(Instant::now());
     }
 
     /// The startup reset committed: this node's old connections are
@@ -53,14 +74,29 @@ impl Readiness {
         if self.draining.load(Ordering::Relaxed) || !self.reset_done.load(Ordering::Relaxed) {
             return false;
         }
-        let m = self.raft.metrics().borrow().clone();
+        // Read in place: this runs for every QoS 1/2 PUBLISH.
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         match m.current_leader {
             Some(l) if l == m.id => {
                 // A single voter has no one to ack; it is its own quorum.
                 let voters = m.membership_config.membership().voter_ids().count();
                 voters == 1 || m.millis_since_quorum_ack.is_some_and(|ms| ms < self.fresh.as_millis() as u64)
             }
-            Some(_) => self.leader_contact.lock().is_some_and(|t| t.elapsed() < self.fresh),
+            Some(_) => {
+                let mut c = self.leader_contact.lock();
+                if c.at.is_none_or(|t| t.elapsed() >= self.fresh) {
+                    return false;
+                }
+                if !c.caught_up {
+                    let applied = m.last_applied.map_or(0, |l| l.index);
+                    match c.target {
+                        Some(t) if applied >= t => c.caught_up = true,
+                        _ => return false,
+                    }
+                }
+                true
+            }
             None => false,
         }
     }

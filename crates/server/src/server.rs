@@ -206,7 +206,16 @@ pub async fn run(
         tokio::spawn(starling_broker::sys::run_sys_publisher(broker.clone(), interval));
     }
 
-    shutdown.await;
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        why = node.core_failed() => {
+            tracing::error!(
+                error = %why,
+                "the Raft core stopped (a storage error such as a full disk, or a fault): shutting down so that the node is restarted"
+            );
+            Some(why)
+        }
+    };
     tracing::info!("shutting down: closing listeners and connections");
     let _ = stop_tx.send(true);
     for t in tasks {
@@ -225,6 +234,12 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(100)).await;
     node.shutdown().await;
     tracing::info!("stopped");
+    if let Some(why) = failed {
+        anyhow::bail!(
+            "stopped because the Raft core failed: {why}. Free or fix the disk under the data directory and start \
+             the node again: it rejoins with its data"
+        );
+    }
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use starling_codec::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Close, Conn, PendingAck};
+use super::{Close, Conn, Held, PendingAck};
 use crate::auth::Action;
 use crate::durable::Stored;
 use crate::message::{Message, MessageProperties};
@@ -29,7 +29,7 @@ pub(super) enum Deferred {
 fn port_close(e: PortError) -> Close {
     match e {
         PortError::NotOwner => Close::Kicked(ReasonCode::SESSION_TAKEN_OVER),
-        PortError::Unavailable(why) => {
+        PortError::Unavailable(why) | PortError::Unknown(why) => {
             Close::Protocol(ReasonCode::SERVER_UNAVAILABLE, format!("replicated state unavailable: {why}"))
         }
     }
@@ -117,8 +117,7 @@ where
                     }
                     return Err(port_close(e));
                 }
-                self.route_and_ack(&msg, packet_id);
-                Ok(())
+                self.route_and_ack(&msg, packet_id)
             }
         }
     }
@@ -210,7 +209,7 @@ where
         if msg.retain {
             return Ok(Some(Deferred::Retain(msg, p.packet_id)));
         }
-        self.route_and_ack(&msg, p.packet_id);
+        self.route_and_ack(&msg, p.packet_id)?;
         Ok(None)
     }
 
@@ -245,28 +244,82 @@ where
 
     /// Delivers an accepted PUBLISH and acknowledges it (5.0: 0x10 when no
     /// subscriber matched).
-    fn route_and_ack(&mut self, msg: &Arc<Message>, packet_id: u16) {
-        let outcome = self.broker.route(msg);
-        let reason = if self.neg.version.is_v5() && !outcome.matched() {
+    ///
+    /// - A message that must be stored for persistent sessions reaches no
+    ///   one else until it is stored (a refused message is delivered
+    ///   nowhere); the messages after it from this client wait behind it,
+    ///   so that everyone gets them in order.
+    /// - A QoS 1/2 message that arrives while this node is not ready (cut
+    ///   off from the leader: its routes may miss subscriptions made since)
+    ///   is held until the node is ready again and routed then; refused
+    ///   after `HOLD_WHILE_NOT_READY`. QoS 0 goes out on the routes the
+    ///   node has.
+    fn route_and_ack(&mut self, msg: &Arc<Message>, packet_id: u16) -> Result<(), Close> {
+        let kind = match msg.qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(AckKind::PubAck),
+            QoS::ExactlyOnce => Some(AckKind::PubRec),
+        };
+        if kind.is_some() && !self.broker.is_ready() {
+            let acks = self.acks.get_or_insert_with(Default::default);
+            acks.push_back(PendingAck {
+                kind,
+                packet_id,
+                reason: ReasonCode::SUCCESS,
+                wait: None,
+                stored: None,
+                outcome: None,
+                unknown: false,
+                route: Some(Held::Unplanned(msg.clone())),
+            });
+            // At the head, it needs a waiter now; behind others, it gets
+            // one when it reaches the head.
+            return if acks.len() == 1 { self.flush_ready_acks() } else { Ok(()) };
+        }
+        let mut plan = self.broker.plan_route(msg);
+        let reason = if self.neg.version.is_v5() && !plan.matched() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS
         };
-        let kind = match msg.qos {
-            QoS::AtMostOnce => return,
-            QoS::AtLeastOnce => AckKind::PubAck,
-            QoS::ExactlyOnce => AckKind::PubRec,
-        };
-        // QoS 1/2 for persistent sessions: stored on a majority first.
-        let stored = (!outcome.durable.is_empty()).then(|| self.broker.enqueue_durable(msg, outcome.durable));
-        // Acknowledgements go out in the order the PUBLISHes came in
-        // (MQTT-4.6.0-2); one waiting for other nodes holds back the rest.
-        if outcome.ack.is_none() && stored.is_none() && self.acks.as_ref().is_none_or(|a| a.is_empty()) {
-            self.write_packet(&self.ack_reason(kind, packet_id, reason));
-        } else {
-            let acks = self.acks.get_or_insert_with(Default::default);
-            acks.push_back(PendingAck { kind, packet_id, reason, wait: outcome.ack, stored, outcome: None });
+        let durable = std::mem::take(&mut plan.durable);
+        let held_ahead = self.acks.as_ref().is_some_and(|a| a.iter().any(|p| p.route.is_some()));
+        if durable.is_empty() && !held_ahead {
+            let outcome = self.broker.execute_route(msg, plan);
+            let Some(kind) = kind else { return Ok(()) };
+            // Acknowledgements go out in the order the PUBLISHes came in
+            // (MQTT-4.6.0-2); one waiting for other nodes holds back the rest.
+            if outcome.ack.is_none() && self.acks.as_ref().is_none_or(|a| a.is_empty()) {
+                self.write_packet(&self.ack_reason(kind, packet_id, reason));
+            } else {
+                let acks = self.acks.get_or_insert_with(Default::default);
+                acks.push_back(PendingAck {
+                    kind: Some(kind),
+                    packet_id,
+                    reason,
+                    wait: outcome.ack,
+                    stored: None,
+                    outcome: None,
+                    unknown: false,
+                    route: None,
+                });
+            }
+            return Ok(());
         }
+        // QoS 1/2 for persistent sessions: stored on a majority first.
+        let stored = (!durable.is_empty()).then(|| self.broker.enqueue_durable(msg, durable));
+        let acks = self.acks.get_or_insert_with(Default::default);
+        acks.push_back(PendingAck {
+            kind,
+            packet_id,
+            reason,
+            wait: None,
+            stored,
+            outcome: None,
+            unknown: false,
+            route: Some(Held::Planned(msg.clone(), plan)),
+        });
+        Ok(())
     }
 
     /// Sends the acknowledgements at the head of the queue whose peers
@@ -276,6 +329,10 @@ where
     /// told) is disconnected so that it sends the message again.
     pub(super) fn flush_ready_acks(&mut self) -> Result<(), Close> {
         while let Some(a) = self.pop_ready_ack() {
+            if a.unknown {
+                return Err(Close::Kicked(ReasonCode::UNSPECIFIED_ERROR));
+            }
+            let Some(kind) = a.kind else { continue };
             if a.reason == ReasonCode::SERVER_UNAVAILABLE && !self.neg.version.is_v5() {
                 return Err(Close::Kicked(ReasonCode::SERVER_UNAVAILABLE));
             }
@@ -284,31 +341,26 @@ where
             } else {
                 a.reason
             };
-            if a.kind == AckKind::PubRec && reason.is_error() {
+            if kind == AckKind::PubRec && reason.is_error() {
                 // An error PUBREC ends the exchange: the id is free again.
                 self.session.inbound_qos2_release(a.packet_id);
             }
-            self.write_packet(&self.ack_reason(a.kind, a.packet_id, reason));
+            self.write_packet(&self.ack_reason(kind, a.packet_id, reason));
         }
         Ok(())
     }
 
-    /// The acknowledgement at the head of the queue, once its peers have
-    /// answered and its durable copies are stored (its reason updated).
+    /// The entry at the head of the queue, once it can go: held until this
+    /// node is ready (then planned), its durable copies stored (then it is
+    /// delivered to everyone else, unless the store failed), its peers
+    /// answered. Its reason is updated on the way.
     fn pop_ready_ack(&mut self) -> Option<PendingAck> {
         use tokio::sync::oneshot::error::TryRecvError;
         let v5 = self.neg.version.is_v5();
-        let metrics = self.broker.metrics().clone();
+        let broker = &self.broker;
+        let metrics = broker.metrics();
         let acks = self.acks.as_mut()?;
         let front = acks.front_mut()?;
-        if let Some(w) = front.wait.as_mut() {
-            match w.try_recv() {
-                Err(TryRecvError::Empty) => return None,
-                // Acknowledged, or given up on (peer down): either way
-                // this node has done what it can.
-                _ => front.wait = None,
-            }
-        }
         if let Some(w) = front.stored.as_mut() {
             front.outcome = Some(match w.try_recv() {
                 Err(TryRecvError::Empty) => return None,
@@ -323,13 +375,54 @@ where
                 Stored::QuotaExceeded => {
                     metrics.durable_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if v5 {
+                        // Refused: delivered to no one.
                         front.reason = ReasonCode::QUOTA_EXCEEDED;
+                        front.route = None;
                     }
                 }
-                Stored::Unavailable => {
+                Stored::Unknown => {
+                    // Perhaps stored, perhaps not: no answer is true, so
+                    // the client gets none (its connection is closed and it
+                    // publishes again); no one else gets it from here.
                     metrics.durable_unavailable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    front.reason = ReasonCode::SERVER_UNAVAILABLE;
+                    front.unknown = true;
+                    front.route = None;
                 }
+                Stored::Unavailable => {
+                    if matches!(front.route, Some(Held::Planned(..))) {
+                        metrics.durable_unavailable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    front.reason = ReasonCode::SERVER_UNAVAILABLE;
+                    front.route = None;
+                }
+            }
+        }
+        if let Some(Held::Unplanned(msg)) = &front.route {
+            if !broker.is_ready() {
+                front.stored = Some(ready_waiter(broker.clone()));
+                return None;
+            }
+            let msg = msg.clone();
+            let mut plan = broker.plan_route(&msg);
+            if v5 && !plan.matched() {
+                front.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+            }
+            let durable = std::mem::take(&mut plan.durable);
+            front.route = Some(Held::Planned(msg.clone(), plan));
+            if !durable.is_empty() {
+                front.stored = Some(broker.enqueue_durable(&msg, durable));
+                return None;
+            }
+        }
+        if let Some(Held::Planned(msg, plan)) = front.route.take() {
+            front.wait = broker.execute_route(&msg, plan).ack;
+        }
+        if let Some(w) = front.wait.as_mut() {
+            match w.try_recv() {
+                Err(TryRecvError::Empty) => return None,
+                // Acknowledged, or given up on (peer down): either way
+                // this node has done what it can.
+                _ => front.wait = None,
             }
         }
         acks.pop_front()
@@ -438,7 +531,7 @@ where
             self.broker.subscribe_here(&self.session, &reqs);
             match self.broker.subscribe(&client, self.epoch, reqs.clone()).await {
                 Ok(_) => {}
-                Err(PortError::Unavailable(why)) => {
+                Err(PortError::Unavailable(why) | PortError::Unknown(why)) => {
                     self.broker.take_back(&client, &reqs);
                     tracing::info!(%client, %why, "subscription not committed");
                     for (i, _) in &requests {
@@ -508,4 +601,30 @@ where
             Close::Client
         }
     }
+}
+
+/// How long a QoS 1/2 PUBLISH that arrived while this node was not ready
+/// is held before it is refused (5.0: 0x80; 3.x: disconnected).
+const HOLD_WHILE_NOT_READY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Answers `Stored::Yes` once the node is ready, `Stored::Unavailable`
+/// after `HOLD_WHILE_NOT_READY`. One per connection at most (only the head
+/// of its queue waits on it).
+fn ready_waiter(broker: crate::broker::Broker) -> crate::durable::StoredWaiter {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + HOLD_WHILE_NOT_READY;
+        loop {
+            if broker.is_ready() {
+                let _ = tx.send(Stored::Yes);
+                return;
+            }
+            if tokio::time::Instant::now() >= until || tx.is_closed() {
+                let _ = tx.send(Stored::Unavailable);
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    });
+    rx
 }

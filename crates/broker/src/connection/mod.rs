@@ -46,6 +46,8 @@ use crate::deadlines::Tick;
 use crate::durable::{Stored, StoredWaiter};
 use crate::forward::AckWaiter;
 use crate::ids::Epoch;
+use crate::message::Message;
+use crate::router::RoutePlan;
 use crate::session::{Kick, Session};
 use crate::will::WillSpec;
 
@@ -198,16 +200,37 @@ impl RateLimiter {
 }
 
 /// A PUBACK/PUBREC waiting for other nodes to acknowledge the message
-/// (`wait`) and for its durable copies to be stored (`stored`).
+/// (`wait`) and for its durable copies to be stored (`stored`); and a
+/// message (any QoS) not yet delivered (`route`) because it is stored
+/// first, or because one ahead of it is.
 pub(super) struct PendingAck {
-    pub kind: AckKind,
+    /// None for QoS 0: nothing to acknowledge, only kept in order.
+    pub kind: Option<AckKind>,
     pub packet_id: u16,
     pub reason: ReasonCode,
     pub wait: Option<AckWaiter>,
     pub stored: Option<StoredWaiter>,
     /// What `stored` answered, once it did.
     pub outcome: Option<Stored>,
+    /// Not delivered yet; dropped if the store fails.
+    pub route: Option<Held>,
+    /// Whether it was stored is unknown: the connection closes instead of
+    /// answering.
+    pub unknown: bool,
 }
+
+/// A message held back in the acknowledgement queue.
+pub(super) enum Held {
+    /// Arrived while this node was not ready: planned once it is.
+    Unplanned(Arc<Message>),
+    /// Delivered to everyone else once stored and once everything ahead of
+    /// it was delivered.
+    Planned(Arc<Message>, RoutePlan),
+}
+
+/// A publisher with this many messages waiting for storage or peers is not
+/// read from until some complete (TCP pushes back on it).
+const PENDING_PAUSE_READS: usize = 4096;
 
 /// 5.0 topic aliases of one connection.
 #[derive(Default)]
@@ -327,7 +350,9 @@ where
                 }
             }
             self.arm_timers();
-            let can_read = self.wbuf.len() < WRITE_PAUSE_READS && self.throttle.is_none();
+            let can_read = self.wbuf.len() < WRITE_PAUSE_READS
+                && self.throttle.is_none()
+                && self.acks.as_ref().is_none_or(|a| a.len() < PENDING_PAUSE_READS);
             let event = std::future::poll_fn(|cx| self.poll_event(cx, can_read)).await;
             if let Some(close) = self.on_event(event) {
                 return close;
