@@ -180,6 +180,15 @@ async fn publish_once(
     Ok(Some(code))
 }
 
+/// Why an acknowledgement did not come (or was an error).
+fn describe(r: Result<Option<u8>>) -> String {
+    match r {
+        Ok(Some(code)) => format!("reason code 0x{code:02x}"),
+        Ok(None) => "no acknowledgement within 5 s".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn qos_of(n: u8) -> QoS {
     match n {
         2 => QoS::ExactlyOnce,
@@ -445,7 +454,7 @@ pub async fn retained_writer(ctx: Ctx, name: String) {
                     ctx.hist.rec(&name, "write-fail", json!({"topic": topic, "m": payload, "code": code}));
                 }
                 other => {
-                    let why = format!("{other:?}");
+                    let why = describe(other);
                     ctx.hist.rec(&name, "write-info", json!({"topic": topic, "m": payload, "why": why}));
                     ctx.hist.rec(&name, "lost", json!({"ep": epoch, "why": why}));
                     break;
@@ -546,7 +555,11 @@ pub async fn prober(ctx: Ctx, name: String) {
                     ctx.hist.rec(&sub_name, "suback", json!({"ep": sub_ep, "f": topic}));
                 }
                 other => {
-                    ctx.hist.rec(&sub_name, "lost", json!({"ep": sub_ep, "why": format!("{other:?}")}));
+                    let why = match other {
+                        Ok(_) => "SUBACK refused".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    ctx.hist.rec(&sub_name, "lost", json!({"ep": sub_ep, "why": why}));
                     if let Some(p) = publ {
                         p.disconnect().await;
                     }
@@ -569,7 +582,7 @@ pub async fn prober(ctx: Ctx, name: String) {
                     );
                 }
                 other => {
-                    let why = format!("{other:?}");
+                    let why = describe(other);
                     ctx.hist.rec(
                         &pub_name,
                         "pub-info",
