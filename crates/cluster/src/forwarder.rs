@@ -198,12 +198,13 @@ fn encode_item(item: &Item, now: Instant) -> ForwardedMessage {
     m
 }
 
-fn batch_of(items: &[Item], peers: &PeerClient, seq: u64) -> ForwardBatch {
+fn batch_of(items: &[Item], peers: &PeerClient, seq: u64, link_id: u64) -> ForwardBatch {
     let now = Instant::now();
     ForwardBatch {
         cluster_id: peers.cluster_id().get().to_string(),
         from_node: peers.node_id().0,
         seq,
+        link_id,
         messages: items.iter().map(|i| encode_item(i, now)).collect(),
     }
 }
@@ -217,8 +218,12 @@ struct LinkTask {
     rx: mpsc::Receiver<Item>,
     stats: Arc<LinkStats>,
     seq: u64,
-    /// Sent on a stream that broke before acknowledging them.
-    resend: VecDeque<Vec<Item>>,
+    /// This link's incarnation, sent with every batch.
+    link_id: u64,
+    /// Sent on a stream that broke before acknowledging them, with the
+    /// seq they were sent under (sent again under it: the receiver skips
+    /// what it already delivered).
+    resend: VecDeque<(u64, Vec<Item>)>,
 }
 
 /// How a stream ended.
@@ -236,7 +241,13 @@ async fn run_link(
     rx: mpsc::Receiver<Item>,
     stats: Arc<LinkStats>,
 ) {
-    let task = LinkTask { peer, addr, peers, rx, stats, seq: 0, resend: VecDeque::new() };
+    let link_id = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(peer.0);
+        h.finish() | 1
+    };
+    let task = LinkTask { peer, addr, peers, rx, stats, seq: 0, link_id, resend: VecDeque::new() };
     task.run().await
 }
 
@@ -264,8 +275,8 @@ impl LinkTask {
             let Ended::Broken(unacked) = self.stream(btx, acks).await else { return };
             // Unacknowledged batches go again, before anything newer.
             let pending = unacked.len();
-            for (_, items) in unacked.into_iter().rev() {
-                self.resend.push_front(items);
+            for batch in unacked.into_iter().rev() {
+                self.resend.push_front(batch);
             }
             self.stats.connected.store(false, Ordering::Relaxed);
             tracing::info!(peer = %self.peer, addr = %self.addr, unacknowledged_batches = pending, "forward stream closed");
@@ -275,7 +286,7 @@ impl LinkTask {
 
     /// Declared down: releases everything that waits for the peer.
     fn release_all(&mut self) {
-        let mut dropped = self.resend.drain(..).map(|b| b.len()).sum::<usize>();
+        let mut dropped = self.resend.drain(..).map(|(_, b)| b.len()).sum::<usize>();
         while let Ok(item) = self.rx.try_recv() {
             dropped += 1;
             drop(item);
@@ -287,13 +298,12 @@ impl LinkTask {
     /// reads their acknowledgements until it breaks.
     async fn stream(&mut self, btx: mpsc::Sender<ForwardBatch>, mut acks: Streaming<ForwardAck>) -> Ended {
         let mut unacked: VecDeque<(u64, Vec<Item>)> = VecDeque::new();
-        while let Some(items) = self.resend.pop_front() {
-            self.seq += 1;
-            if btx.send(batch_of(&items, &self.peers, self.seq)).await.is_err() {
-                self.resend.push_front(items);
+        while let Some((seq, items)) = self.resend.pop_front() {
+            if btx.send(batch_of(&items, &self.peers, seq, self.link_id)).await.is_err() {
+                self.resend.push_front((seq, items));
                 return Ended::Broken(unacked);
             }
-            unacked.push_back((self.seq, items));
+            unacked.push_back((seq, items));
         }
         loop {
             tokio::select! {
@@ -301,8 +311,8 @@ impl LinkTask {
                     let Some(first) = first else { return Ended::Closed };
                     let items = self.batch_from(first);
                     self.seq += 1;
-                    if btx.send(batch_of(&items, &self.peers, self.seq)).await.is_err() {
-                        self.resend.push_back(items);
+                    if btx.send(batch_of(&items, &self.peers, self.seq, self.link_id)).await.is_err() {
+                        self.resend.push_back((self.seq, items));
                         return Ended::Broken(unacked);
                     }
                     unacked.push_back((self.seq, items));

@@ -134,7 +134,10 @@ impl Liveness {
             let answers = futures_util::future::join_all(pings).await;
             let cmds = self.verdicts(answers);
             if !cmds.is_empty() {
-                if let Err(e) = self.proposer.propose(cmds, 0).await {
+                // Only as the leader that reached the verdict: a verdict of a
+                // leader cut off from the others (it sees them all "down")
+                // must never be forwarded to the leader that replaced it.
+                if let Err(e) = self.proposer.propose_as_leader(cmds).await {
                     tracing::debug!(error = %e, "liveness changes not committed");
                 }
             }

@@ -221,6 +221,7 @@ impl ClusterNode {
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let peer = PeerService {
+            forwarded: Default::default(),
             raft: self.raft.clone(),
             proposer: self.proposer.clone(),
             sm: self.sm.clone(),

@@ -31,6 +31,10 @@ use crate::types::Raft;
 use crate::wire::{decode_delivery, decode_message, decode_shared, encode_delivery, Corrupt};
 use crate::writer::{Proposer, MAX_HOPS};
 
+/// The (link id, highest seq) of the forwarded batches delivered from one
+/// node.
+pub type LastBatch = (u64, u64);
+
 pub struct PeerService {
     pub raft: Raft,
     pub proposer: Proposer,
@@ -38,6 +42,9 @@ pub struct PeerService {
     pub broker: Broker,
     pub readiness: Arc<Readiness>,
     pub stats: Arc<PeerStats>,
+    /// Per sending node: (link id, highest batch seq delivered).
+    pub forwarded:
+        Arc<parking_lot::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<LastBatch>>>>>,
 }
 
 impl PeerService {
@@ -143,14 +150,25 @@ impl Peer for PeerService {
         let broker = self.broker.clone();
         let cluster_id = self.proposer.peers.cluster_id().clone();
         let stats = self.stats.clone();
+        let delivered = self.forwarded.clone();
         tokio::spawn(async move {
             while let Ok(Some(batch)) = inbound.message().await {
                 if let Err(e) = cluster_id.check(&batch.cluster_id, None) {
                     let _ = tx.send(Err(e.into())).await;
                     return;
                 }
+                // A batch sent again after a broken stream, already
+                // delivered: acknowledged, not delivered twice. (Held
+                // across the delivery: the old stream may still be on it.)
+                let node = delivered.lock().entry(batch.from_node).or_default().clone();
+                let mut seen = node.lock().await;
+                let last = &mut *seen;
+                let again = batch.link_id != 0 && last.0 == batch.link_id && batch.seq <= last.1;
+                if !again && batch.link_id != 0 {
+                    *last = (batch.link_id, batch.seq);
+                }
                 let now = Instant::now();
-                for m in &batch.messages {
+                for m in batch.messages.iter().filter(|_| !again) {
                     // A corrupt message is dropped alone: refusing the batch
                     // would have the sender resend it forever.
                     if let Err(e) = deliver(&broker, m, now) {
@@ -158,6 +176,7 @@ impl Peer for PeerService {
                         tracing::warn!(from = batch.from_node, error = %e, "forwarded message refused");
                     }
                 }
+                drop(seen);
                 if tx.send(Ok(ForwardAck { seq: batch.seq })).await.is_err() {
                     return;
                 }

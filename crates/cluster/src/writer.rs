@@ -54,6 +54,23 @@ pub struct Proposer {
 impl Proposer {
     /// Proposes `commands` as one entry: here if this node leads, else at
     /// the leader. Returns the results and the entry's log index.
+    /// Proposes `commands` only if this node leads (never forwarded);
+    /// fails as soon as it does not.
+    pub async fn propose_as_leader(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<(Vec<CommandResult>, u64), WriteError> {
+        if self.raft.metrics().borrow().current_leader != Some(self.peers.node_id()) {
+            return Err(WriteError::Failed("not the leader any more".into()));
+        }
+        let batch = Batch { time_ms: wall_ms(), commands };
+        match tokio::time::timeout(self.timeout, self.raft.client_write(batch)).await {
+            Ok(Ok(resp)) => Ok((resp.data.0, resp.log_id.index)),
+            Ok(Err(e)) => Err(WriteError::Failed(e.to_string())),
+            Err(_) => Err(WriteError::NoLeader(self.timeout)),
+        }
+    }
+
     pub async fn propose(
         &self,
         commands: Vec<Command>,

@@ -50,6 +50,9 @@ enum Command {
         /// Number of runs.
         #[arg(long, default_value_t = 1)]
         count: u64,
+        /// Exactly these seeds (comma-separated; overrides --seed/--count).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
         /// Keep starting runs until this many minutes have passed (overrides --count).
         #[arg(long)]
         minutes: Option<u64>,
@@ -117,7 +120,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { seed, duration, count, minutes, only, bin, out, keep } => {
+        Command::Run { seed, duration, count, minutes, only, bin, out, keep, seeds } => {
             let only = parse_only(&only)?;
             let bin = std::fs::canonicalize(&bin)
                 .with_context(|| format!("{} (build it: cargo build --bin starling)", bin.display()))?;
@@ -125,16 +128,20 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let started = Instant::now();
             let mut failed = Vec::new();
-            let mut s = seed;
+            let mut runs = 0u64;
+            let mut next = seed;
             loop {
-                let done = s - seed;
                 let more = match minutes {
                     Some(m) => started.elapsed().as_secs() < m * 60,
-                    None => done < count,
+                    None if !seeds.is_empty() => (runs as usize) < seeds.len(),
+                    None => runs < count,
                 };
                 if !more {
                     break;
                 }
+                let s = if seeds.is_empty() { next } else { seeds[runs as usize % seeds.len()] };
+                runs += 1;
+                next += 1;
                 let steps = schedule::generate(s, duration * 1000, &only);
                 let dir = out.join(format!("seed-{s}"));
                 unmount_under(&dir);
@@ -178,12 +185,11 @@ fn main() -> Result<()> {
                 } else if !keep {
                     let _ = std::fs::remove_dir_all(&dir);
                 }
-                s += 1;
             }
             if !failed.is_empty() {
                 bail!("anomalies in the runs of seeds {failed:?} (histories in {})", out.display());
             }
-            println!("== {} run(s) without anomalies", s - seed);
+            println!("== {runs} run(s) without anomalies");
             Ok(())
         }
     }

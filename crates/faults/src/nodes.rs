@@ -142,7 +142,7 @@ impl Nodes {
             cmd.args(["--join", &j]);
         }
         let child = cmd
-            .env("RUST_LOG", "info,starling_cluster::forwarder=debug,starling_cluster::port=debug,starling_broker=debug")
+            .env("RUST_LOG", "info,starling_cluster=debug,starling_broker=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)

@@ -152,11 +152,21 @@ impl Nemesis {
                 self.nodes.pause(target);
                 Undo::Resume(target)
             }
-            Fault::Isolate => {
+            Fault::Isolate | Fault::IsolateLeader => {
+                let target = if step.fault == Fault::IsolateLeader {
+                    let Some(l) = self.nodes.leader() else {
+                        self.rec("skipped", json!({"f": step.fault.name(), "why": "no leader known"}));
+                        return Ok(Undo::Skipped);
+                    };
+                    l
+                } else {
+                    target
+                };
                 for p in other(&[target]) {
                     self.net.block(target, p)?;
                     self.net.block(p, target)?;
                 }
+                self.current = Some((step.fault, vec![target]));
                 Undo::Heal(members.clone())
             }
             Fault::Bridge | Fault::Loss => {

@@ -19,6 +19,9 @@ pub enum Fault {
     /// The node cannot reach its peers nor they it; clients still reach
     /// it (the minority side keeps its connections).
     Isolate,
+    /// Whichever node leads is cut off from its peers (it keeps its
+    /// clients, and for a while believes it leads).
+    IsolateLeader,
     /// Two nodes cannot reach each other; the third reaches both.
     Bridge,
     /// A share of the packets between two nodes is dropped, both ways.
@@ -38,12 +41,13 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::Kill,
         Fault::Stop,
         Fault::KillLeader,
         Fault::Pause,
         Fault::Isolate,
+        Fault::IsolateLeader,
         Fault::Bridge,
         Fault::Loss,
         Fault::Slow,
@@ -60,6 +64,7 @@ impl Fault {
             Fault::KillLeader => "kill-leader",
             Fault::Pause => "pause",
             Fault::Isolate => "isolate",
+            Fault::IsolateLeader => "isolate-leader",
             Fault::Bridge => "bridge",
             Fault::Loss => "loss",
             Fault::Slow => "slow",
@@ -74,7 +79,7 @@ impl Fault {
     fn weight(self) -> u64 {
         match self {
             Fault::Kill | Fault::Pause | Fault::Isolate => 3,
-            Fault::KillLeader | Fault::Bridge | Fault::Loss | Fault::Stop => 2,
+            Fault::KillLeader | Fault::IsolateLeader | Fault::Bridge | Fault::Loss | Fault::Stop => 2,
             Fault::Slow | Fault::DiskFull | Fault::Join | Fault::Leave | Fault::Replace => 1,
         }
     }
@@ -129,7 +134,7 @@ pub fn generate(seed: u64, duration_ms: u64, only: &[Fault]) -> Vec<Step> {
         }
         let hold_ms = match fault {
             // Long enough to be marked down (2 s) or not, at random.
-            Fault::Pause | Fault::Isolate | Fault::Bridge => rng.range(1_000, 8_000),
+            Fault::Pause | Fault::Isolate | Fault::IsolateLeader | Fault::Bridge => rng.range(1_000, 8_000),
             Fault::Join | Fault::Leave | Fault::Replace => rng.range(1_000, 3_000),
             _ => rng.range(2_000, 8_000),
         };
