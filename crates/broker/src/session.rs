@@ -269,8 +269,39 @@ impl Session {
                     front.push(d);
                 }
             }
+            // Older entries this runtime did not hold go first. A newer one
+            // it already sent to an earlier connection (unacknowledged)
+            // must not overtake them: it goes back into the queue, in
+            // sequence order, and is sent again (DUP) after them.
+            let oldest_missing = front.iter().filter_map(|d| d.durable.map(|r| r.seq)).min();
             for d in front.into_iter().rev() {
                 st.queue.push_front(d);
+            }
+            if let Some(oldest) = oldest_missing {
+                let mut back = Vec::new();
+                st.inflight.retain(|i| {
+                    let newer = i.delivery.durable.is_some_and(|r| r.seq > oldest);
+                    let unanswered =
+                        matches!(i.state, InflightState::AwaitPubAck | InflightState::AwaitPubRec);
+                    if newer && unanswered {
+                        back.push(i.delivery.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                for mut d in back {
+                    let Some(r) = d.durable.as_mut() else { continue };
+                    r.maybe_sent = true;
+                    let seq = r.seq;
+                    // Right after the last older durable entry.
+                    let at = st
+                        .queue
+                        .iter()
+                        .rposition(|q| q.durable.is_some_and(|r| r.seq < seq))
+                        .map_or(0, |i| i + 1);
+                    st.queue.insert(at, d);
+                }
             }
         }
         self.wake();
@@ -849,10 +880,13 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect();
-        assert_eq!(resend, vec!["P3d", "R1"], "held inflight first, then the released one");
+        // 3 went out to the first connection, 2 never did: 3 must not
+        // overtake 2, so it is sent again after it (the fault schedules
+        // caught 45 delivered before 36..44 on a resumed session).
+        assert_eq!(resend, vec!["R1"], "only the released one's PUBREL is resent first");
         out.clear();
         s.take_outgoing(epoch(2), 10, 10, Instant::now(), &mut out).unwrap();
-        assert_eq!(sent(&out), vec![(2, true), (0, false)], "the unknown one first, possibly sent");
+        assert_eq!(sent(&out), vec![(2, true), (3, true), (0, false)], "in sequence order, possibly sent");
         assert!(s.drain_all().iter().all(|d| d.durable.is_none()), "a handoff never carries durable ones");
     }
 }

@@ -11,8 +11,9 @@
 //!   for that peer are dropped and counted;
 //! - while the stream is broken (peer restarting, network blip) messages
 //!   wait in the queue and the link reconnects every `RECONNECT_DELAY`;
-//!   batches that were sent but not acknowledged are sent again first
-//!   (at-least-once: a QoS 1/2 subscriber may see a duplicate);
+//!   batches that were sent but not acknowledged are sent again first,
+//!   under their original seq (the receiver skips batches of this link it
+//!   already delivered, so a subscriber does not get them twice);
 //! - once the cluster declares the peer down (`set_down`), everything
 //!   queued for it is dropped and counted, and new messages for it are
 //!   dropped at once. In every case the waiting publishers are released:

@@ -384,7 +384,20 @@ mod tests {
             log.wal.lock().append(&records).unwrap();
             log.purge(entry(5).log_id).await.unwrap();
         }
-        let store = Store::open(dir.path(), 1).unwrap();
+        // The first store's log flusher thread lets the database go a moment
+        // after the store is dropped (a process restart has no such overlap).
+        let mut tries = 0;
+        let store = loop {
+            match Store::open(dir.path(), 1) {
+                Ok(s) => break s,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         let mut log = LogStore::open(store).expect("a log with a purge point opens");
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(entry(5).log_id));

@@ -77,6 +77,12 @@ impl Proposer {
         hops: u32,
     ) -> Result<(Vec<CommandResult>, u64), WriteError> {
         let deadline = Instant::now() + self.timeout;
+        let retry_safe = commands.iter().all(Command::is_idempotent);
+        let unknown = || {
+            WriteError::Failed(
+                "outcome unknown: the leader did not answer, the write may be committed".into(),
+            )
+        };
         loop {
             let leader = self.raft.metrics().borrow().current_leader;
             match leader {
@@ -84,6 +90,11 @@ impl Proposer {
                     let batch = Batch { time_ms: wall_ms(), commands: commands.clone() };
                     match tokio::time::timeout_at(deadline.into(), self.raft.client_write(batch)).await {
                         Ok(Ok(resp)) => return Ok((resp.data.0, resp.log_id.index)),
+                        // Leadership moved: perhaps after the entry was
+                        // appended, so only an idempotent write is retried.
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) if !retry_safe => {
+                            return Err(unknown());
+                        }
                         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
                         Ok(Err(e)) => return Err(WriteError::Failed(e.to_string())),
                         Err(_) => return Err(WriteError::NoLeader(self.timeout)),
@@ -106,11 +117,18 @@ impl Proposer {
                         tokio::select! {
                             r = self.forward(&addr, &commands, hops + 1, deadline) => match r {
                                 Ok(r) => return Ok(r),
+                                Err(e) if !retry_safe => {
+                                    tracing::debug!(leader = %l, error = %e, "forwarded write failed; not retried");
+                                    return Err(unknown());
+                                }
                                 Err(e) => {
                                     tracing::debug!(leader = %l, error = %e, "forwarded write failed; retrying")
                                 }
                             },
                             () = self.leader_moves_from(l) => {
+                                if !retry_safe {
+                                    return Err(unknown());
+                                }
                                 tracing::debug!(leader = %l, "leadership moved while forwarding a write; retrying");
                             }
                         }

@@ -71,6 +71,9 @@ enum Command {
     },
     /// Check a recorded history again.
     Check { history: PathBuf },
+    /// A Markdown table of a results file (`<out>/results.jsonl`): one row
+    /// per run, then the totals.
+    Summary { results: PathBuf },
     /// Print the schedule of a seed.
     Schedule {
         #[arg(long)]
@@ -90,6 +93,54 @@ fn parse_only(only: &[String]) -> Result<Vec<Fault>> {
             })
         })
         .collect()
+}
+
+/// One row per run and a total: seed, fault seconds, faults by kind,
+/// operations checked, anomalies.
+fn summary(runs: &[serde_json::Value]) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let mut out = String::from(
+        "| seed | faults (s) | faults injected | acknowledged publishes | deliveries checked | anomalies |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut secs, mut acked, mut checked, mut anomalies) = (0, 0, 0, 0);
+    let count = |v: &serde_json::Value| -> BTreeMap<String, u64> {
+        v.as_object()
+            .map(|o| o.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
+            .unwrap_or_default()
+    };
+    for r in runs {
+        let faults = count(&r["faults"]);
+        let stats = count(&r["stats"]);
+        let anom = count(&r["anomalies"]);
+        let ok = stats.get("publish_ok").copied().unwrap_or(0);
+        let chk = stats.get("checked_persistent_messages").copied().unwrap_or(0)
+            + stats.get("checked_clean_messages").copied().unwrap_or(0)
+            + stats.get("probes_delivered").copied().unwrap_or(0);
+        let n_anom: u64 = anom.values().sum();
+        for (k, n) in &faults {
+            *kinds.entry(k.clone()).or_default() += n;
+        }
+        secs += r["fault_seconds"].as_u64().unwrap_or(0);
+        acked += ok;
+        checked += chk;
+        anomalies += n_anom;
+        let f = faults.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+        let a = if anom.is_empty() {
+            "0".to_string()
+        } else {
+            anom.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+        };
+        let _ = writeln!(out, "| {} | {} | {f} | {ok} | {chk} | {a} |", r["seed"], r["fault_seconds"]);
+    }
+    let f = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(
+        out,
+        "| **{} runs** | **{secs}** | {f} | **{acked}** | **{checked}** | **{anomalies}** |",
+        runs.len()
+    );
+    out
 }
 
 /// Unmounts what an interrupted run left mounted under `dir`.
@@ -112,6 +163,10 @@ fn main() -> Result<()> {
             if report.anomaly_count() > 0 {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Summary { results } => {
+            print!("{}", summary(&history::load(&results)?));
             Ok(())
         }
         Command::Schedule { seed, duration, only } => {

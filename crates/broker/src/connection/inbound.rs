@@ -283,7 +283,9 @@ where
             ReasonCode::SUCCESS
         };
         let durable = std::mem::take(&mut plan.durable);
-        let held_ahead = self.acks.as_ref().is_some_and(|a| a.iter().any(|p| p.route.is_some()));
+        // Held entries are always a suffix of the queue (everything behind
+        // a held one is held; routes run only at the head): look at the back.
+        let held_ahead = self.acks.as_ref().and_then(|a| a.back()).is_some_and(|p| p.route.is_some());
         if durable.is_empty() && !held_ahead {
             let outcome = self.broker.execute_route(msg, plan);
             let Some(kind) = kind else { return Ok(()) };

@@ -124,6 +124,13 @@ impl Command {
     /// Whether a client may rely on the change being in force on every
     /// live node once it is acknowledged: a SUBACK (no subscribe race),
     /// users and ACL rules (security state).
+    /// Whether applying it twice is the same as once. A write whose first
+    /// attempt may have been committed is only tried again if all its
+    /// commands are (a message stored twice would be delivered twice).
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(self, Command::Enqueue { .. } | Command::AclAdd { .. })
+    }
+
     pub fn needs_every_node(&self) -> bool {
         matches!(
             self,
