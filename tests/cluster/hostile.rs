@@ -98,19 +98,19 @@ async fn slowloris_connect_flood_and_connection_limit() {
             tasks.push(tokio::spawn(async move {
                 let mut s = TcpStream::connect(addr).await.unwrap();
                 let connect = [0x10u8, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'x'];
-                let started = Instant::now();
+                // Cut off: a write fails before the whole CONNECT (4.5 s
+                // of trickling) is out. Held: every byte went through.
                 for b in connect {
                     if s.write_all(&[b]).await.is_err() {
-                        return started.elapsed();
+                        return true;
                     }
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
-                started.elapsed()
+                false
             }));
         }
         for t in tasks {
-            let held = t.await.unwrap();
-            assert!(held < Duration::from_secs(4), "a slowloris socket was held {held:?}");
+            assert!(t.await.unwrap(), "a slowloris socket was held for its whole CONNECT");
         }
     })
     .await;

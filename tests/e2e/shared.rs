@@ -50,11 +50,17 @@ async fn each_message_goes_to_exactly_one_member() {
     assert_eq!(drain(&mut other_group).await.len(), 30, "another group gets its own copy");
     assert_eq!(drain(&mut plain).await.len(), 30, "plain subscribers are unaffected");
 
-    // Members that leave are skipped, including an offline persistent one.
+    // Members that leave are skipped, including an offline persistent one
+    // (once the server has seen them go: wait for its connection count).
+    let before = server.metric("starling_connections").await;
     for m in members.drain(1..) {
         m.disconnect().await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.metric("starling_connections").await > before - 2.0 {
+        assert!(std::time::Instant::now() < deadline, "the server did not see the members leave");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for i in 0..10 {
         p.publish("jobs/y", i.to_string().as_bytes(), QoS::AtMostOnce, false, 0).await;
     }

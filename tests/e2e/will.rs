@@ -111,12 +111,14 @@ async fn will_delay_longer_than_session_expiry_publishes_at_expiry() {
     let (c, _) = RawClient::connect_with(server.mqtt, c).await;
     let dropped = Instant::now();
     drop(c);
-    assert_eq!(w.recv_publish().await.topic.as_str(), "wills5/short");
+    // At the session's expiry (1 s), long before the will delay (100 s):
+    // no tighter upper bound, a loaded machine may be slow.
+    match w.recv_within(Duration::from_secs(60)).await {
+        Ok(Some(starling_codec::Packet::Publish(p))) => assert_eq!(p.topic.as_str(), "wills5/short"),
+        other => panic!("no will at session expiry: {other:?}"),
+    }
     let t = dropped.elapsed();
-    assert!(
-        t >= Duration::from_millis(900) && t < Duration::from_secs(4),
-        "published at session expiry: {t:?}"
-    );
+    assert!(t >= Duration::from_millis(900), "published at session expiry, not before: {t:?}");
 }
 
 #[tokio::test]

@@ -332,6 +332,11 @@ where
     pub(super) fn flush_ready_acks(&mut self) -> Result<(), Close> {
         while let Some(a) = self.pop_ready_ack() {
             if a.unknown {
+                // A QoS 2 message sent again must not be taken for one
+                // already received: its first copy may not be stored.
+                if a.kind == Some(AckKind::PubRec) {
+                    self.session.inbound_qos2_release(a.packet_id);
+                }
                 return Err(Close::Kicked(ReasonCode::UNSPECIFIED_ERROR));
             }
             let Some(kind) = a.kind else { continue };
