@@ -18,9 +18,20 @@ def pub(broker, *args, version="mqttv311"):
     subprocess.run(["mosquitto_pub", "-h", host, "-p", str(port), "-V", version, *args], check=True, timeout=TIMEOUT)
 
 
-def wait_subscribed(broker, topic_prefix):
-    # mosquitto_sub has no "ready" signal; give it a moment, then publish.
-    time.sleep(0.5)
+def pub_until_received(broker, s, *args, version="mqttv311"):
+    """Publishes until mosquitto_sub (-C 1) got a message and exited.
+
+    mosquitto_sub has no "subscribed" signal; a message published before
+    its SUBACK reaches no one, so publish again until it arrives instead of
+    guessing how long subscribing takes."""
+    deadline = time.time() + TIMEOUT
+    while True:
+        pub(broker, *args, version=version)
+        try:
+            s.wait(timeout=0.3)
+            return
+        except subprocess.TimeoutExpired:
+            assert time.time() < deadline, "mosquitto_sub never received a message"
 
 
 def test_pub_sub_every_version_and_qos(broker):
@@ -28,8 +39,7 @@ def test_pub_sub_every_version_and_qos(broker):
         for qos in ("0", "1", "2"):
             topic = f"cli/{version}/{qos}"
             s = sub(broker, "-t", topic, "-q", qos, "-v", version=version)
-            wait_subscribed(broker, topic)
-            pub(broker, "-t", topic, "-m", f"hello {qos}", "-q", qos, version=version)
+            pub_until_received(broker, s, "-t", topic, "-m", f"hello {qos}", "-q", qos, version=version)
             out, err = s.communicate(timeout=TIMEOUT + 5)
             assert s.returncode == 0, err
             assert out.strip() == f"{topic} hello {qos}"
@@ -44,8 +54,7 @@ def test_retained_message_and_clear(broker):
     # Cleared: a new subscriber to it and to a marker topic gets the marker
     # first (the broker is alive and answering) and nothing retained.
     s = sub(broker, "-t", "cli/ret", "-t", "cli/marker", "-v")
-    wait_subscribed(broker, "cli/marker")
-    pub(broker, "-t", "cli/marker", "-m", "marker")
+    pub_until_received(broker, s, "-t", "cli/marker", "-m", "marker")
     out, err = s.communicate(timeout=TIMEOUT + 5)
     assert s.returncode == 0, err
     assert out.strip() == "cli/marker marker"
@@ -53,8 +62,8 @@ def test_retained_message_and_clear(broker):
 
 def test_v5_user_properties_reach_mosquitto_sub(broker):
     s = sub(broker, "-t", "cli/props", "-F", "%P %p", version="mqttv5")
-    wait_subscribed(broker, "cli/props")
-    pub(broker, "-t", "cli/props", "-m", "body", "-D", "publish", "user-property", "k", "v", version="mqttv5")
+    pub_until_received(broker, s, "-t", "cli/props", "-m", "body", "-D", "publish", "user-property", "k", "v",
+                       version="mqttv5")
     out, err = s.communicate(timeout=TIMEOUT + 5)
     assert s.returncode == 0, err
     assert out.strip() == "k:v body"

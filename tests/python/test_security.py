@@ -44,10 +44,18 @@ def test_mosquitto_clients_with_cafile(broker_factory, pki):
     host, port = b.mqtts
     s = subprocess.Popen(["mosquitto_sub", "-h", host, "-p", str(port), "--cafile", pki("ca.pem"),
                           "-t", "cli/tls", "-C", "1", "-W", str(TIMEOUT)], stdout=subprocess.PIPE, text=True)
+    # No "subscribed" signal from mosquitto_sub: publish until it has the
+    # message (-C 1: it exits with it) rather than guess a delay.
     import time
-    time.sleep(0.5)
-    subprocess.run(["mosquitto_pub", "-h", host, "-p", str(port), "--cafile", pki("ca.pem"),
-                    "-t", "cli/tls", "-m", "secret", "-q", "1"], check=True, timeout=TIMEOUT)
+    deadline = time.time() + TIMEOUT
+    while True:
+        subprocess.run(["mosquitto_pub", "-h", host, "-p", str(port), "--cafile", pki("ca.pem"),
+                        "-t", "cli/tls", "-m", "secret", "-q", "1"], check=True, timeout=TIMEOUT)
+        try:
+            s.wait(timeout=0.3)
+            break
+        except subprocess.TimeoutExpired:
+            assert time.time() < deadline, "mosquitto_sub over TLS never received the message"
     out, _ = s.communicate(timeout=TIMEOUT + 5)
     assert out.strip() == "secret"
     # Without the CA the handshake fails.
