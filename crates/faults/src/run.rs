@@ -43,8 +43,10 @@ enum Undo {
 }
 
 struct Nemesis {
-    net: Net,
+    // Dropped in this order: the node processes stop before their
+    // namespaces go.
     nodes: Nodes,
+    net: Net,
     hist: History,
     targets: Targets,
     /// Fault in force and the slots it touches, for crash reports.
@@ -307,7 +309,17 @@ impl Nemesis {
     }
 }
 
-fn start_haproxy(out: &Path) -> Result<Option<(Child, std::net::SocketAddr)>> {
+/// HAProxy, stopped when dropped (also when a run ends with an error).
+struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_haproxy(out: &Path) -> Result<Option<(Haproxy, std::net::SocketAddr)>> {
     if Command::new("haproxy").arg("-v").output().is_err() {
         return Ok(None);
     }
@@ -326,7 +338,7 @@ fn start_haproxy(out: &Path) -> Result<Option<(Child, std::net::SocketAddr)>> {
     let log = std::fs::File::create(out.join("haproxy.log"))?;
     let child =
         Command::new("haproxy").arg("-db").arg("-f").arg(&path).stdout(Stdio::null()).stderr(log).spawn()?;
-    Ok(Some((child, format!("127.0.0.1:{port}").parse()?)))
+    Ok(Some((Haproxy(child), format!("127.0.0.1:{port}").parse()?)))
 }
 
 async fn wait_ready(nodes: &[(usize, std::net::SocketAddr)], within: Duration) -> bool {
@@ -592,10 +604,7 @@ pub async fn run(opts: RunOptions) -> Result<PathBuf> {
     }
     hist.rec("nemesis", "end", json!({}));
     hist.flush();
-    if let Some((mut c, _)) = haproxy {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(haproxy);
     drop(nemesis);
     Ok(hist_path)
 }
