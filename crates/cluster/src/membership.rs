@@ -161,18 +161,23 @@ impl Membership {
     }
 
     /// Keeps the forwarder's links equal to the membership, and their
-    /// down flags equal to the replicated liveness.
+    /// down flags (and this node's readiness) equal to the replicated
+    /// liveness.
     pub async fn follow(
         self: Arc<Self>,
         forwarder: Arc<PeerForwarder>,
         sm: Arc<SmShared>,
+        readiness: Arc<crate::readiness::Readiness>,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut metrics = self.raft.metrics();
         let mut applied = sm.applied_watch();
+        let me = self.raft.metrics().borrow().id;
         loop {
             forwarder.set_peers(&self.peers());
-            forwarder.set_down(&sm.with_state(|s| s.down().clone()));
+            let down = sm.with_state(|s| s.down().clone());
+            readiness.set_declared_down(down.contains(&me));
+            forwarder.set_down(&down);
             tokio::select! {
                 r = metrics.changed() => if r.is_err() { return },
                 r = applied.changed() => if r.is_err() { return },

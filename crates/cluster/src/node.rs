@@ -207,7 +207,12 @@ impl ClusterNode {
     /// Following the membership, the startup reset, liveness and the
     /// clock, until `stop`.
     fn spawn_duties(&self, stop: watch::Receiver<bool>) {
-        let follow = self.membership.clone().follow(self.forwarder.clone(), self.sm.clone(), stop.clone());
+        let follow = self.membership.clone().follow(
+            self.forwarder.clone(),
+            self.sm.clone(),
+            self.readiness.clone(),
+            stop.clone(),
+        );
         tokio::spawn(follow);
         tokio::spawn(self.liveness.clone().startup_reset(stop.clone()));
         tokio::spawn(self.liveness.clone().watch_members(stop.clone()));

@@ -31,6 +31,10 @@ pub struct Readiness {
     leader_contact: Mutex<Contact>,
     draining: AtomicBool,
     reset_done: AtomicBool,
+    /// The replicated state has this node declared down: the others drop
+    /// what they would forward to it, so it takes no clients until the
+    /// leader declares it alive again.
+    declared_down: AtomicBool,
 }
 
 impl Readiness {
@@ -41,6 +45,7 @@ impl Readiness {
             leader_contact: Mutex::new(Contact::default()),
             draining: AtomicBool::new(false),
             reset_done: AtomicBool::new(false),
+            declared_down: AtomicBool::new(false),
         }
     }
 
@@ -70,8 +75,16 @@ impl Readiness {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Follows the replicated liveness of this node.
+    pub fn set_declared_down(&self, down: bool) {
+        self.declared_down.store(down, Ordering::Relaxed);
+    }
+
     pub fn is_ready(&self) -> bool {
-        if self.draining.load(Ordering::Relaxed) || !self.reset_done.load(Ordering::Relaxed) {
+        if self.draining.load(Ordering::Relaxed)
+            || !self.reset_done.load(Ordering::Relaxed)
+            || self.declared_down.load(Ordering::Relaxed)
+        {
             return false;
         }
         // Read in place: this runs for every QoS 1/2 PUBLISH.
