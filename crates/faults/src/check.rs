@@ -652,6 +652,22 @@ mod tests {
         v
     }
 
+    /// Messages 1..=3 of `publisher` (connection 1) at QoS `qos`, each
+    /// published at 10 s × n and acknowledged 1 ms later.
+    fn published_and_acked(h: &mut Vec<Value>, publisher: &str, qos: u64) {
+        let topic = format!("jt/p/{publisher}");
+        for s in 1..=3u64 {
+            let t = 10.0 * s as f64;
+            h.push(ev(
+                t,
+                publisher,
+                "pub",
+                json!({"p": publisher, "e": 1, "s": s, "q": qos, "topic": topic}),
+            ));
+            h.push(ev(t + 1.0, publisher, "pub-ok", json!({"p": publisher, "e": 1, "s": s})));
+        }
+    }
+
     /// A history where a persistent subscriber misses one acknowledged
     /// message, a clean subscriber sees two out of order, a QoS 2 message
     /// arrives twice and a retained value goes back: each is reported.
@@ -663,15 +679,7 @@ mod tests {
             ev(0.0, "csub-a", "connected", json!({"ep": 1, "via": "2"})),
             ev(1.0, "csub-a", "suback", json!({"ep": 1, "f": "jt/p/#"})),
         ];
-        for s in 1..=3u64 {
-            h.push(ev(
-                10.0 * s as f64,
-                "pub-b",
-                "pub",
-                json!({"p": "pub-b", "e": 1, "s": s, "q": 2, "topic": "jt/p/pub-b"}),
-            ));
-            h.push(ev(10.0 * s as f64 + 1.0, "pub-b", "pub-ok", json!({"p": "pub-b", "e": 1, "s": s})));
-        }
+        published_and_acked(&mut h, "pub-b", 2);
         let recv = |t: f64, c: &str, m: &str, fresh: bool| {
             ev(
                 t,
@@ -716,15 +724,7 @@ mod tests {
             ev(1.0, "psub-a", "suback", json!({"ep": 1, "f": "jt/p/+"})),
             ev(5.0, "psub-a", "offline", json!({"ep": 1})),
         ];
-        for s in 1..=3u64 {
-            h.push(ev(
-                10.0 * s as f64,
-                "pub-a",
-                "pub",
-                json!({"p": "pub-a", "e": 1, "s": s, "q": 1, "topic": "jt/p/pub-a"}),
-            ));
-            h.push(ev(10.0 * s as f64 + 1.0, "pub-a", "pub-ok", json!({"p": "pub-a", "e": 1, "s": s})));
-        }
+        published_and_acked(&mut h, "pub-a", 1);
         h.push(ev(40.0, "psub-a", "connected", json!({"ep": 2, "via": "lb"})));
         for (i, s) in [1, 2, 2, 3].iter().enumerate() {
             let m = format!("pub-a/1/{s}");
