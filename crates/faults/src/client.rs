@@ -3,13 +3,31 @@
 //! and every wait has a deadline.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use bytes::BytesMut;
 use starling_codec::{decode, ConnAck, Connect, Packet, Properties, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Silence after which a client sends PINGREQ, and how long it then waits.
+const PING_AFTER: Duration = Duration::from_secs(3);
+const PING_WAIT: Duration = Duration::from_secs(5);
+
+/// A connection's keep-alive state for `Mqtt::recv_alive`.
+#[derive(Debug)]
+pub struct Alive {
+    /// When the broker last sent something.
+    pub last_rx: Instant,
+    ping_sent: Option<Instant>,
+}
+
+impl Default for Alive {
+    fn default() -> Alive {
+        Alive { last_rx: Instant::now(), ping_sent: None }
+    }
+}
 
 #[derive(Debug)]
 pub struct Mqtt {
@@ -79,6 +97,31 @@ impl Mqtt {
         match tokio::time::timeout(within, fut).await {
             Ok(r) => r.map(Some),
             Err(_) => Ok(None),
+        }
+    }
+
+    /// The next packet within `tick` (`Ok(None)`: nothing yet), keeping the
+    /// connection's keep-alive: PINGREQ after `PING_AFTER` of silence, the
+    /// connection counted lost when nothing answers within `PING_WAIT`.
+    /// `Err` says why the connection is gone.
+    pub async fn recv_alive(&mut self, alive: &mut Alive, tick: Duration) -> Result<Option<Packet>, String> {
+        match self.recv(tick).await {
+            Err(e) => Err(e.to_string()),
+            Ok(Some(p)) => {
+                *alive = Alive::default();
+                Ok(Some(p))
+            }
+            Ok(None) => {
+                if let Some(at) = alive.ping_sent {
+                    if at.elapsed() > PING_WAIT {
+                        return Err("no PINGRESP within 5 s".into());
+                    }
+                } else if alive.last_rx.elapsed() > PING_AFTER {
+                    self.send(&Packet::PingReq).await.map_err(|e| e.to_string())?;
+                    alive.ping_sent = Some(Instant::now());
+                }
+                Ok(None)
+            }
         }
     }
 

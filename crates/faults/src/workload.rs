@@ -27,16 +27,13 @@ use starling_codec::{
 };
 use tokio::sync::watch;
 
-use crate::client::{connect_packet, Mqtt};
+use crate::client::{connect_packet, Alive, Mqtt};
 use crate::history::History;
 use crate::rng::Rng;
 
 /// How long a client waits for an acknowledgement before it counts the
 /// operation as indeterminate and reconnects.
 const ACK_WAIT: Duration = Duration::from_secs(5);
-/// Silence after which a client sends PINGREQ, and how long it then waits.
-const PING_AFTER: Duration = Duration::from_secs(3);
-const PING_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -324,8 +321,7 @@ pub async fn subscriber(
         let online_for =
             Duration::from_millis(if persistent { rng.range(3_000, 12_000) } else { u64::MAX / 4 });
         let since = Instant::now();
-        let mut last_rx = Instant::now();
-        let mut ping_sent: Option<Instant> = None;
+        let mut alive = Alive::default();
         let mut drain_quiet_since: Option<Instant> = None;
         let why = loop {
             let phase = ctx.phase();
@@ -342,65 +338,48 @@ pub async fn subscriber(
             }
             if phase == Phase::Drain && !drained_reported {
                 let quiet = *drain_quiet_since.get_or_insert(Instant::now());
-                if last_rx.max(quiet).elapsed() > Duration::from_secs(3) {
+                if alive.last_rx.max(quiet).elapsed() > Duration::from_secs(3) {
                     drained_reported = true;
                     ctx.hist.rec(&name, "drained", json!({"ep": epoch}));
                     ctx.drained.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             }
-            match m.recv(Duration::from_millis(250)).await {
-                Err(e) => break Some(e.to_string()),
-                Ok(None) => {
-                    if let Some(at) = ping_sent {
-                        if at.elapsed() > PING_WAIT {
-                            break Some("no PINGRESP within 5 s".into());
-                        }
-                    } else if last_rx.elapsed() > PING_AFTER {
-                        if let Err(e) = m.send(&Packet::PingReq).await {
-                            break Some(e.to_string());
-                        }
-                        ping_sent = Some(Instant::now());
-                    }
-                }
-                Ok(Some(p)) => {
-                    last_rx = Instant::now();
-                    ping_sent = None;
-                    match p {
-                        Packet::Publish(p) => {
-                            let fresh = !(p.qos == QoS::ExactlyOnce && awaiting_rel.contains(&p.packet_id));
-                            let text = String::from_utf8_lossy(&p.payload).into_owned();
-                            ctx.hist.rec(
-                                &name,
-                                "recv",
-                                json!({"ep": epoch, "topic": &*p.topic, "m": text, "q": p.qos as u8, "dup": p.dup,
+            match m.recv_alive(&mut alive, Duration::from_millis(250)).await {
+                Err(why) => break Some(why),
+                Ok(None) => {}
+                Ok(Some(p)) => match p {
+                    Packet::Publish(p) => {
+                        let fresh = !(p.qos == QoS::ExactlyOnce && awaiting_rel.contains(&p.packet_id));
+                        let text = String::from_utf8_lossy(&p.payload).into_owned();
+                        ctx.hist.rec(
+                            &name,
+                            "recv",
+                            json!({"ep": epoch, "topic": &*p.topic, "m": text, "q": p.qos as u8, "dup": p.dup,
                                        "retain": p.retain, "fresh": fresh}),
-                            );
-                            let ack = match p.qos {
-                                QoS::AtMostOnce => None,
-                                QoS::AtLeastOnce => Some(Ack::new(AckKind::PubAck, p.packet_id)),
-                                QoS::ExactlyOnce => {
-                                    awaiting_rel.insert(p.packet_id);
-                                    Some(Ack::new(AckKind::PubRec, p.packet_id))
-                                }
-                            };
-                            if let Some(a) = ack {
-                                if let Err(e) = m.send(&Packet::Ack(a)).await {
-                                    break Some(e.to_string());
-                                }
+                        );
+                        let ack = match p.qos {
+                            QoS::AtMostOnce => None,
+                            QoS::AtLeastOnce => Some(Ack::new(AckKind::PubAck, p.packet_id)),
+                            QoS::ExactlyOnce => {
+                                awaiting_rel.insert(p.packet_id);
+                                Some(Ack::new(AckKind::PubRec, p.packet_id))
                             }
-                        }
-                        Packet::Ack(a) if a.kind == AckKind::PubRel => {
-                            awaiting_rel.remove(&a.packet_id);
-                            if let Err(e) =
-                                m.send(&Packet::Ack(Ack::new(AckKind::PubComp, a.packet_id))).await
-                            {
+                        };
+                        if let Some(a) = ack {
+                            if let Err(e) = m.send(&Packet::Ack(a)).await {
                                 break Some(e.to_string());
                             }
                         }
-                        Packet::Disconnect(d) => break Some(format!("DISCONNECT 0x{:02x}", d.reason.0)),
-                        _ => {}
                     }
-                }
+                    Packet::Ack(a) if a.kind == AckKind::PubRel => {
+                        awaiting_rel.remove(&a.packet_id);
+                        if let Err(e) = m.send(&Packet::Ack(Ack::new(AckKind::PubComp, a.packet_id))).await {
+                            break Some(e.to_string());
+                        }
+                    }
+                    Packet::Disconnect(d) => break Some(format!("DISCONNECT 0x{:02x}", d.reason.0)),
+                    _ => {}
+                },
             }
         };
         if let Some(why) = why {
@@ -597,61 +576,45 @@ pub async fn prober(ctx: Ctx, name: String) {
             }
             // Wait for it on the subscriber, for as long as its connection
             // lives (the checker decides what a missing one means).
-            let mut last_rx = Instant::now();
-            let mut ping_sent: Option<Instant> = None;
+            let mut alive = Alive::default();
             loop {
                 if ctx.phase() == Phase::End {
                     ctx.hist.rec(&sub_name, "bye", json!({"ep": sub_ep}));
                     sub.disconnect().await;
                     return;
                 }
-                match sub.recv(Duration::from_millis(250)).await {
-                    Err(e) => {
-                        ctx.hist.rec(&sub_name, "lost", json!({"ep": sub_ep, "why": e.to_string()}));
+                match sub.recv_alive(&mut alive, Duration::from_millis(250)).await {
+                    Err(why) => {
+                        ctx.hist.rec(&sub_name, "lost", json!({"ep": sub_ep, "why": why}));
                         continue 'outer;
                     }
-                    Ok(None) => {
-                        if let Some(at) = ping_sent {
-                            if at.elapsed() > PING_WAIT {
-                                ctx.hist.rec(&sub_name, "lost", json!({"ep": sub_ep, "why": "no PINGRESP"}));
-                                continue 'outer;
-                            }
-                        } else if last_rx.elapsed() > PING_AFTER {
-                            let _ = sub.send(&Packet::PingReq).await;
-                            ping_sent = Some(Instant::now());
-                        }
-                    }
-                    Ok(Some(p)) => {
-                        last_rx = Instant::now();
-                        ping_sent = None;
-                        match p {
-                            Packet::Publish(p) => {
-                                let text = String::from_utf8_lossy(&p.payload).into_owned();
-                                ctx.hist.rec(
+                    Ok(None) => {}
+                    Ok(Some(p)) => match p {
+                        Packet::Publish(p) => {
+                            let text = String::from_utf8_lossy(&p.payload).into_owned();
+                            ctx.hist.rec(
                                     &sub_name,
                                     "recv",
                                     json!({"ep": sub_ep, "topic": &*p.topic, "m": text, "q": p.qos as u8, "dup": p.dup,
                                            "retain": p.retain, "fresh": true}),
                                 );
-                                if p.qos != QoS::AtMostOnce {
-                                    let _ =
-                                        sub.send(&Packet::Ack(Ack::new(AckKind::PubAck, p.packet_id))).await;
-                                }
-                                if *p.topic == *topic.as_str() {
-                                    break;
-                                }
+                            if p.qos != QoS::AtMostOnce {
+                                let _ = sub.send(&Packet::Ack(Ack::new(AckKind::PubAck, p.packet_id))).await;
                             }
-                            Packet::Disconnect(d) => {
-                                ctx.hist.rec(
-                                    &sub_name,
-                                    "lost",
-                                    json!({"ep": sub_ep, "why": format!("DISCONNECT 0x{:02x}", d.reason.0)}),
-                                );
-                                continue 'outer;
+                            if *p.topic == *topic.as_str() {
+                                break;
                             }
-                            _ => {}
                         }
-                    }
+                        Packet::Disconnect(d) => {
+                            ctx.hist.rec(
+                                &sub_name,
+                                "lost",
+                                json!({"ep": sub_ep, "why": format!("DISCONNECT 0x{:02x}", d.reason.0)}),
+                            );
+                            continue 'outer;
+                        }
+                        _ => {}
+                    },
                 }
             }
             let unsub = Packet::Unsubscribe(Unsubscribe {
