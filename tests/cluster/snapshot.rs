@@ -2,7 +2,8 @@
 //! minimum, 100): a node added after the log was purged gets the whole
 //! state — sessions with their durable queues, subscriptions, retained
 //! messages, users and ACL rules — from a snapshot; a node killed and
-//! restarted comes back from its snapshot plus the log after it.
+//! restarted comes back from its snapshot plus the log after it; a node
+//! that could not write the snapshot the leader sent it comes back.
 
 use starling_codec::{Packet, QoS, ReasonCode};
 use starling_tests::connect_packet;
@@ -128,4 +129,65 @@ async fn a_node_added_after_the_log_was_purged_gets_everything_from_a_snapshot()
     assert!(log2.contains("loaded the snapshot; replaying the log after it"), "{log2}");
     check_security_and_retained(&c, 2, 4).await;
     assert_eq!(retained(&c, 2, "snap/churn", 1).await, vec![("snap/churn".into(), b"149".to_vec())]);
+}
+
+/// Fault schedule 2004: openraft purges a follower's log as soon as it
+/// starts installing a snapshot from the leader, before the snapshot is
+/// written. A node whose disk refused the snapshot (there: full; here: a
+/// file size limit, `prlimit --fsize`, with SIGXFSZ ignored so writes fail
+/// with EFBIG) stopped, and then could never start again: its log was
+/// purged past the only snapshot it had ("Failed to get log entries").
+/// The log now keeps those entries until the snapshot is on disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_could_not_write_the_leaders_snapshot_starts_again() {
+    let extra = ["--set", "cluster.snapshot_every=100"];
+    let mut c = Cluster::start_with(2, &extra).await;
+    let n3 = c.add_node(3, extra.iter().map(|s| s.to_string()).collect());
+    // Files up to 2 MiB: enough for its log and database, not for a
+    // snapshot of the state below (about 4 MB).
+    n3.wrap = ["bash", "-c", "trap '' XFSZ; exec prlimit --fsize=2097152 -- \"$@\"", "limited"]
+        .map(String::from)
+        .to_vec();
+    let join = c.node(1).grpc;
+    c.launch(3, Some(join));
+    c.wait_ready(3).await;
+    c.wait_members(3).await;
+
+    // Node 3 paused while 1,000 retained messages of 4 KB are written: the
+    // leader's log is purged past node 3's, so it will need a snapshot.
+    c.freeze(3);
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V5, "big-pub", true).await;
+    let payload = |i: u16| format!("{i:04}").repeat(1024).into_bytes();
+    for i in 1..=1000u16 {
+        let code = publish_acked(&mut p, &format!("big/{i:04}"), &payload(i), true, i).await;
+        assert!(!code.is_error(), "retained big/{i}: {code:?}");
+    }
+    c.thaw(3);
+    let idx = c.nodes.iter().position(|n| n.id == 3).expect("node 3");
+    let code = c.wait_exit_at(idx, std::time::Duration::from_secs(60)).await;
+    let log3 = std::fs::read_to_string(&c.node(3).log).unwrap_or_default();
+    assert!(log3.contains("File too large"), "node 3 should have failed to write the snapshot:\n{log3}");
+    assert_eq!(code, Some(1), "node 3 stops on the storage error");
+
+    // Started again without the limit: it comes back and has everything.
+    c.node_mut(3).wrap.clear();
+    c.launch(3, None);
+    c.wait_ready(3).await;
+    let (mut s, _) = RawClient::connect(c.node(3).mqtt, V5, "big-look", true).await;
+    s.subscribe(1, "big/#", QoS::AtLeastOnce).await;
+    let mut got = Vec::new();
+    for _ in 0..1000 {
+        let m = s.recv_publish().await;
+        s.send(&Packet::Ack(starling_codec::Ack::new(starling_codec::AckKind::PubAck, m.packet_id))).await;
+        got.push((m.topic.to_string(), m.payload.to_vec()));
+    }
+    got.sort();
+    for (i, (topic, body)) in got.iter().enumerate() {
+        let i = i as u16 + 1;
+        assert_eq!(
+            (topic.as_str(), body),
+            (format!("big/{i:04}").as_str(), &payload(i)),
+            "retained {i} on node 3"
+        );
+    }
 }

@@ -88,6 +88,9 @@ pub struct Node {
     extra: Vec<String>,
     /// Environment variables for the process (e.g. a faked clock).
     pub env: Vec<(String, String)>,
+    /// A command the node is started through (its arguments, then the
+    /// binary and the node's arguments), e.g. to limit its file sizes.
+    pub wrap: Vec<String>,
     _ports: Vec<PortLease>,
 }
 
@@ -128,7 +131,15 @@ impl Node {
 
     fn spawn(&mut self, join: Option<SocketAddr>) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(starling_bin())
+        let mut cmd = match self.wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(starling_bin());
+                c
+            }
+            None => Command::new(starling_bin()),
+        };
+        let child = cmd
             .args(self.args(join))
             .env("RUST_LOG", "info,starling_cluster=debug")
             .env("NO_COLOR", "1")
@@ -233,6 +244,7 @@ impl Cluster {
             child: None,
             extra,
             env: Vec::new(),
+            wrap: Vec::new(),
             _ports: ports,
         });
         self.nodes.last_mut().expect("node")

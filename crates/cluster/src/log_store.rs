@@ -6,7 +6,10 @@
 //! that groups every append waiting at that moment into one `sync_data`
 //! per touched segment (group commit) before completing their callbacks
 //! in order: openraft counts an entry as stored only after that. The vote
-//! and the purge marker are fsync'd before their calls return.
+//! and the purge marker are fsync'd before their calls return; the purge
+//! marker never passes the snapshot on disk (`SnapshotOnDisk`),
+//! and opening a log whose marker does (a store damaged otherwise) fails
+//! with what is missing.
 //!
 //! The newest entries are also kept decoded in memory (`Recent`, at most
 //! `RECENT_ENTRIES` entries and `RECENT_BYTES` of their encoded size):
@@ -125,6 +128,11 @@ impl Recent {
     }
 }
 
+/// Longest a purge waits for the snapshot that covers it to be on disk
+/// (a snapshot from the leader being written); then the node stops rather
+/// than purge entries nothing else holds.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
@@ -176,6 +184,16 @@ impl LogStore {
             Some(v) => Some(bincode::deserialize::<LogId>(&v).map_err(read_err)?),
             None => None,
         };
+        // Everything up to the purge point must be in the snapshot
+        // (`purge`); otherwise entries are missing for good.
+        let snapshot = store.snapshot_on_disk.borrow().last;
+        if let Some(p) = purged.filter(|p| Some(*p) > snapshot) {
+            let ends =
+                snapshot.map_or("there is no snapshot".to_string(), |s| format!("the snapshot ends at {s}"));
+            return Err(read_err(std::io::Error::other(format!(
+                "the Raft log was purged up to {p} but {ends}: the entries between are missing"
+            ))));
+        }
         let wal =
             Wal::open(&store.dir.join("raft").join("log"), purged.map(|p| p.index)).map_err(read_err)?;
         let (tx, rx) = sync_channel::<Pending>(FLUSH_QUEUE);
@@ -209,6 +227,25 @@ impl LogStore {
     async fn sync(&self) -> std::io::Result<()> {
         let s = self.store.clone();
         tokio::task::spawn_blocking(move || s.sync()).await.map_err(std::io::Error::other)?
+    }
+
+    /// While a snapshot from the leader is being received or installed,
+    /// waits until the snapshot on disk covers `log_id` (`SnapshotOnDisk`).
+    async fn snapshot_covering(&self, log_id: LogId) -> Result<(), StorageError> {
+        let mut rx = self.store.snapshot_on_disk.subscribe();
+        let settled = async move {
+            rx.wait_for(|s| !s.receiving || s.failed || s.last >= Some(log_id)).await.map(|s| *s).ok()
+        };
+        match tokio::time::timeout(PURGE_WAIT, settled).await {
+            Ok(Some(s)) if !s.failed => Ok(()),
+            Ok(_) => Err(write_err(std::io::Error::other(format!(
+                "not purging the log up to {log_id}: the snapshot covering it could not be written"
+            )))),
+            Err(_) => Err(write_err(std::io::Error::other(format!(
+                "not purging the log up to {log_id}: no snapshot covering it on disk after {}s",
+                PURGE_WAIT.as_secs()
+            )))),
+        }
     }
 
     fn decode(payloads: Vec<Vec<u8>>) -> Result<Vec<Entry>, StorageError> {
@@ -335,6 +372,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // openraft purges as soon as it starts installing a snapshot from
+        // the leader, while the state machine is still writing it: then the
+        // entries stay until that snapshot is on disk.
+        self.snapshot_covering(log_id).await?;
         // The purge point is durable before any segment goes: reading the
         // log back skips what it covers.
         self.put(PURGED, &log_id)?;
@@ -373,36 +414,107 @@ mod tests {
         v.iter().map(|e| e.log_id.index).collect()
     }
 
-    #[tokio::test]
-    async fn a_purged_log_opens_again() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path(), 1).unwrap();
-            let mut log = LogStore::open(store).unwrap();
-            let records: Vec<(u64, Vec<u8>)> =
-                (1..=10).map(|i| (i, bincode::serialize(&entry(i)).unwrap())).collect();
-            log.wal.lock().append(&records).unwrap();
-            log.purge(entry(5).log_id).await.unwrap();
-        }
-        // The first store's log flusher thread lets the database go a moment
-        // after the store is dropped (a process restart has no such overlap).
+    /// Opens the store in `dir` again once the previous one let go: its log
+    /// flusher thread holds the database a moment after the store is
+    /// dropped (a process restart has no such overlap).
+    fn reopen(dir: &std::path::Path) -> Store {
         let mut tries = 0;
-        let store = loop {
-            match Store::open(dir.path(), 1) {
-                Ok(s) => break s,
-                Err(e) if tries < 100 => {
+        loop {
+            match Store::open(dir, 1) {
+                Ok(s) => return s,
+                Err(_) if tries < 100 => {
                     tries += 1;
-                    let _ = e;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => panic!("reopen: {e}"),
             }
-        };
+        }
+    }
+
+    fn on_disk(store: &Store, last: Option<u64>) {
+        store.snapshot_on_disk.send_modify(|s| s.last = last.map(|i| entry(i).log_id));
+    }
+
+    fn receiving(store: &Store, yes: bool) {
+        store.snapshot_on_disk.send_modify(|s| s.receiving = yes);
+    }
+
+    /// A log holding entries 1..=10, its store's snapshot on disk ending at
+    /// `snapshot`.
+    fn log_of_ten(dir: &std::path::Path, snapshot: Option<u64>) -> LogStore {
+        let store = Store::open(dir, 1).unwrap();
+        on_disk(&store, snapshot);
+        let log = LogStore::open(store).unwrap();
+        let records: Vec<(u64, Vec<u8>)> =
+            (1..=10).map(|i| (i, bincode::serialize(&entry(i)).unwrap())).collect();
+        log.wal.lock().append(&records).unwrap();
+        log
+    }
+
+    #[tokio::test]
+    async fn a_purged_log_opens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        log_of_ten(dir.path(), Some(5)).purge(entry(5).log_id).await.unwrap();
+        let store = reopen(dir.path());
+        on_disk(&store, Some(5));
         let mut log = LogStore::open(store).expect("a log with a purge point opens");
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(entry(5).log_id));
         assert_eq!(state.last_log_id, Some(entry(10).log_id));
         assert_eq!(indexes(&log.try_get_log_entries(6..=10).await.unwrap()), vec![6, 7, 8, 9, 10]);
+    }
+
+    /// openraft purges the log as soon as it starts installing a snapshot
+    /// received from the leader. The purge waits for that snapshot to be on
+    /// disk;
+    /// if writing it fails (a full disk), nothing is purged and the node
+    /// comes back with the entries its older snapshot does not cover
+    /// (found by fault schedule 2004).
+    #[tokio::test]
+    async fn the_log_is_not_purged_past_the_snapshot_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = log_of_ten(dir.path(), Some(3));
+            let store = log.store.clone();
+            receiving(&store, true);
+            let purge = tokio::spawn(async move { log.purge(entry(8).log_id).await });
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            assert!(!purge.is_finished(), "the purge waits for the snapshot up to 8");
+            store.snapshot_on_disk.send_modify(|s| s.failed = true);
+            let err = purge.await.unwrap().expect_err("the snapshot was not written").to_string();
+            assert!(err.contains("could not be written"), "{err}");
+        }
+        let store = reopen(dir.path());
+        on_disk(&store, Some(3));
+        let mut log = LogStore::open(store.clone()).expect("the log opens: nothing is missing");
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, None);
+        assert_eq!(indexes(&log.try_get_log_entries(4..=10).await.unwrap()), vec![4, 5, 6, 7, 8, 9, 10]);
+
+        // Once the snapshot up to 8 is on disk the waiting purge goes on.
+        receiving(&store, true);
+        let mut waiting = log.clone();
+        let purge = tokio::spawn(async move { waiting.purge(entry(8).log_id).await });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!purge.is_finished(), "the purge waits for the snapshot up to 8");
+        on_disk(&store, Some(8));
+        purge.await.unwrap().expect("purged once covered");
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, Some(entry(8).log_id));
+        assert_eq!(indexes(&log.try_get_log_entries(9..=10).await.unwrap()), vec![9, 10]);
+    }
+
+    #[tokio::test]
+    async fn a_log_purged_past_its_snapshot_is_refused_with_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = log_of_ten(dir.path(), None);
+            log.put(PURGED, &entry(6).log_id).unwrap();
+            log.store.sync().unwrap();
+        }
+        let store = reopen(dir.path());
+        on_disk(&store, Some(2));
+        let err = LogStore::open(store).expect_err("entries 3..=6 are missing").to_string();
+        assert!(err.contains("purged up to") && err.contains("snapshot ends at"), "{err}");
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! answering its client (SUBACK after the route exists locally).
 //!
 //! Snapshots are the bincode encoding of the state, written to a file
-//! beside the database (fsync'd, then renamed) with its metadata in sled;
-//! openraft streams them to followers in chunks. Installing one replaces
-//! the state and rebuilds the node's local state from it.
+//! beside the database (fsync'd, renamed, directory fsync'd) with its
+//! metadata in sled; openraft streams them to followers in chunks.
+//! Installing one replaces the state and rebuilds the node's local state
+//! from it. Once a snapshot's file and metadata are synced,
+//! `Store::snapshot_on_disk` says so, and only then may the log be purged
+//! up to it.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -44,6 +47,8 @@ pub struct SmShared {
     local: Arc<LocalState>,
     applied_tx: watch::Sender<u64>,
     snapshot_seq: std::sync::atomic::AtomicU64,
+    /// Held while a snapshot is written (`persist_snapshot`).
+    persist_lock: Mutex<()>,
     /// Time spent applying entries (ns) and entries applied, for metrics.
     pub apply_nanos: std::sync::atomic::AtomicU64,
     pub applied_entries: std::sync::atomic::AtomicU64,
@@ -110,12 +115,19 @@ impl StateMachine {
                 local,
                 applied_tx,
                 snapshot_seq: std::sync::atomic::AtomicU64::new(0),
+                persist_lock: Mutex::new(()),
                 apply_nanos: std::sync::atomic::AtomicU64::new(0),
                 applied_entries: std::sync::atomic::AtomicU64::new(0),
             }),
         };
-        if let Some((meta, data)) = sm.read_current_snapshot()? {
+        let current = sm.read_current_snapshot()?;
+        let store = &sm.shared.store;
+        store.remove_stale_snapshots(
+            current.as_ref().map(|(m, _)| store.snapshot_path(&m.snapshot_id)).as_deref(),
+        );
+        if let Some((meta, data)) = current {
             sm.load(&meta, &data)?;
+            store.snapshot_on_disk.send_modify(|s| s.last = meta.last_log_id);
             tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "loaded the snapshot; replaying the log after it");
         }
         Ok(sm)
@@ -145,24 +157,40 @@ impl StateMachine {
 
     fn persist_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let s = &self.shared.store;
+        // A snapshot built here and one installed from the leader can be
+        // written at the same time: one at a time, and never replace a newer
+        // one.
+        let _one = self.shared.persist_lock.lock();
+        if s.snapshot_on_disk.borrow().last > meta.last_log_id {
+            tracing::info!(last = ?meta.last_log_id, "not recording a snapshot older than the current one");
+            return Ok(());
+        }
         let path = s.snapshot_path(&meta.snapshot_id);
         let tmp = path.with_extension("tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(snap_err)?;
-            f.write_all(data).map_err(snap_err)?;
-            f.sync_all().map_err(snap_err)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(snap_err)?;
-        let previous = self.read_current_snapshot().ok().flatten().map(|(m, _)| m.snapshot_id);
-        let stored = bincode::serialize(&StoredSnapshotMeta { meta: meta.clone() }).map_err(snap_err)?;
-        s.snapshot.insert(SNAPSHOT_META, stored).map_err(snap_err)?;
-        s.sync().map_err(snap_err)?;
-        if let Some(old) = previous {
-            if old != meta.snapshot_id {
-                let _ = std::fs::remove_file(s.snapshot_path(&old));
+        let written = (|| {
+            {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(data)?;
+                f.sync_all()?;
             }
+            std::fs::rename(&tmp, &path)?;
+            s.sync_dir()?;
+            let stored = bincode::serialize(&StoredSnapshotMeta { meta: meta.clone() })
+                .map_err(std::io::Error::other)?;
+            s.snapshot.insert(SNAPSHOT_META, stored).map_err(std::io::Error::other)?;
+            s.sync()
+        })();
+        if let Err(e) = written {
+            // The Raft core stops on this error; a purge waiting for this
+            // snapshot must not go ahead.
+            s.snapshot_on_disk.send_modify(|s| s.failed = true);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(snap_err(e));
         }
+        // Only now may the log be purged up to it (`LogStore::purge`).
+        s.snapshot_on_disk.send_modify(|s| s.last = meta.last_log_id);
+        s.remove_stale_snapshots(Some(&path));
         Ok(())
     }
 }
@@ -247,6 +275,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        self.shared.store.snapshot_on_disk.send_modify(|s| s.receiving = true);
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -259,6 +288,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let this = self.clone();
         let (m2, d2) = (meta.clone(), data.clone());
         tokio::task::spawn_blocking(move || this.persist_snapshot(&m2, &d2)).await.map_err(sm_err)??;
+        self.shared.store.snapshot_on_disk.send_modify(|s| s.receiving = false);
         self.load(meta, &data)?;
         tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "installed a snapshot from the leader");
         Ok(())

@@ -33,6 +33,26 @@ pub struct Store {
     pub snapshot: sled::Tree,
     pub dir: PathBuf,
     data_file: Arc<File>,
+    /// What the state machine last wrote as its snapshot (see
+    /// `SnapshotOnDisk`).
+    pub snapshot_on_disk: Arc<tokio::sync::watch::Sender<SnapshotOnDisk>>,
+}
+
+/// The snapshot on disk (file and metadata synced), as the state machine
+/// reports it to the log. openraft purges the log as soon as it *starts*
+/// installing a snapshot received from the leader, and a node that stopped
+/// before that snapshot was written (a full disk) came back with neither
+/// the entries nor a snapshot covering them: while one is being received,
+/// `LogStore::purge` waits until the snapshot on disk covers what it
+/// purges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotOnDisk {
+    /// The last log id the snapshot covers.
+    pub last: Option<crate::types::LogId>,
+    /// A snapshot from the leader is being received or installed.
+    pub receiving: bool,
+    /// Writing a snapshot failed: the node is stopping.
+    pub failed: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -101,6 +121,7 @@ impl Store {
             db,
             dir: dir.to_path_buf(),
             data_file: Arc::new(data_file),
+            snapshot_on_disk: Arc::new(tokio::sync::watch::Sender::new(SnapshotOnDisk::default())),
         };
         store.sync()?;
         Ok(store)
@@ -135,6 +156,32 @@ impl Store {
         let safe: String =
             id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
         self.dir.join("raft").join(format!("snapshot-{safe}.bin"))
+    }
+
+    /// Removes snapshot files other than `keep`: the temporary file of a
+    /// snapshot whose writing was cut short (a full disk, a kill) and a
+    /// snapshot file whose metadata was never recorded.
+    pub fn remove_stale_snapshots(&self, keep: Option<&Path>) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("raft")) else { return };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let ours = name.starts_with("snapshot-") && (name.ends_with(".bin") || name.ends_with(".tmp"));
+            if ours && Some(path.as_path()) != keep {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "removed a stale snapshot file"),
+                    Err(err) => {
+                        tracing::warn!(path = %path.display(), %err, "cannot remove a stale snapshot file")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes a rename or removal in the database directory durable.
+    pub fn sync_dir(&self) -> std::io::Result<()> {
+        File::open(self.dir.join("raft"))?.sync_all()
     }
 }
 
