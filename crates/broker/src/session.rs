@@ -235,7 +235,12 @@ impl Session {
                 entries.iter().filter_map(|(d, rel)| d.durable.map(|r| (r.seq, *rel))).collect();
             let held = |d: &Delivery| d.durable.is_none_or(|r| wanted.contains_key(&r.seq));
             st.inflight.retain(|i| held(&i.delivery));
-            st.queue.retain(held);
+            // A message still waiting here that another owner delivered and
+            // the client answered with PUBREC in the meantime (this runtime
+            // held the session before): only its PUBREL may go now, below.
+            // Sending it again would deliver it twice (fault schedule 3007).
+            let released = |d: &Delivery| d.durable.is_some_and(|r| wanted.get(&r.seq) == Some(&true));
+            st.queue.retain(|d| held(d) && !released(d));
             let mut present = std::collections::HashSet::new();
             for i in st.inflight.iter_mut() {
                 if let Some(r) = i.delivery.durable {
@@ -888,5 +893,26 @@ mod tests {
         s.take_outgoing(epoch(2), 10, 10, Instant::now(), &mut out).unwrap();
         assert_eq!(sent(&out), vec![(2, true), (3, true), (0, false)], "in sequence order, possibly sent");
         assert!(s.drain_all().iter().all(|d| d.durable.is_none()), "a handoff never carries durable ones");
+    }
+
+    /// Fault schedule 3007: this node owned the session for a moment (a
+    /// CONNECT whose client had gone) and queued QoS 2 messages it never
+    /// sent; another node then delivered them and the client answered
+    /// PUBREC (released in the replicated queue). When the session came
+    /// back here they went out again as PUBLISH, and the client, done with
+    /// them, took them as new: delivered twice.
+    #[test]
+    fn a_message_released_elsewhere_is_not_sent_again_from_the_local_queue() {
+        let s = session(10);
+        s.enqueue(durable(QoS::ExactlyOnce, 7));
+        s.enqueue(durable(QoS::ExactlyOnce, 8));
+        // 7 released by the other owner, 8 not yet answered.
+        s.load_durable(vec![(durable(QoS::ExactlyOnce, 7), true), (durable(QoS::ExactlyOnce, 8), false)]);
+        let (resend, _) = s.attach(epoch(1));
+        assert!(matches!(resend[..], [Outgoing::PubRel { packet_id: 7 }]), "{resend:?}");
+        let mut out = Vec::new();
+        s.take_outgoing(epoch(1), 10, 10, Instant::now(), &mut out).unwrap();
+        assert_eq!(sent(&out), vec![(8, true)], "only 8 is sent, possibly again");
+        assert_eq!(s.on_pubcomp(7), Some(Some(7)));
     }
 }
