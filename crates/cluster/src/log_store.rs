@@ -128,10 +128,11 @@ impl Recent {
     }
 }
 
-/// Longest a purge waits for the snapshot that covers it to be on disk
-/// (a snapshot from the leader being written); then the node stops rather
-/// than purge entries nothing else holds.
-const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Longest a purge waits for the snapshot from the leader that covers it
+/// to be on disk (its data is already in memory: this is the time to write
+/// and sync it); then the node stops rather than purge entries nothing else
+/// holds.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct LogStore {
