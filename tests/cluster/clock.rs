@@ -5,7 +5,7 @@
 //! early or kept late because of its clock.
 
 use bytes::Bytes;
-use starling_codec::{Ack, AckKind, Packet, PublishProperties, QoS};
+use starling_codec::{Packet, PublishProperties, QoS};
 use starling_tests::connect_packet;
 
 use crate::{Cluster, RawClient, V5};
@@ -29,7 +29,7 @@ async fn next_expiry(s: &mut RawClient, payload: &[u8]) -> u32 {
     let m = s.recv_publish().await;
     assert_eq!(&m.payload[..], payload);
     if m.qos == QoS::AtLeastOnce {
-        s.send(&Packet::Ack(Ack::new(AckKind::PubAck, m.packet_id))).await;
+        s.puback(m.packet_id).await;
     }
     m.properties.message_expiry_interval.expect("an expiry interval")
 }

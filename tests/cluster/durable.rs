@@ -84,7 +84,7 @@ async fn receive_qos1_all(s: &mut RawClient, n: u32) {
             assert_eq!(v, next, "in publisher order");
             next += 1;
         }
-        s.send(&ack(AckKind::PubAck, m.packet_id)).await;
+        s.puback(m.packet_id).await;
     }
 }
 
@@ -190,7 +190,7 @@ async fn message_expiry_counts_down_across_a_handoff() {
     assert_eq!(&m.payload[..], b"long", "the 1 s message expired in the cluster");
     let left = m.properties.message_expiry_interval.expect("expiry travels");
     assert!((1..=28).contains(&left), "about 2 s deducted from 30: {left}");
-    s.send(&ack(AckKind::PubAck, m.packet_id)).await;
+    s.puback(m.packet_id).await;
     s.expect_silence(Duration::from_millis(300)).await;
 }
 
@@ -266,7 +266,7 @@ async fn sent_unacknowledged_messages_survive_a_lost_node() {
         if i < 20 {
             assert!(m.dup, "message {i} was sent before and comes again with DUP");
         }
-        s.send(&ack(AckKind::PubAck, m.packet_id)).await;
+        s.puback(m.packet_id).await;
     }
     s.expect_silence(Duration::from_millis(300)).await;
 }

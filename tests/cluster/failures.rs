@@ -188,7 +188,7 @@ async fn single_node_restart_keeps_state() {
     // outlived the restart in the session's durable queue, and comes again.
     let again = s.recv_publish().await;
     assert_eq!((&again.payload[..], again.dup), (&b"r"[..], true));
-    s.send(&Packet::Ack(starling_codec::Ack::new(starling_codec::AckKind::PubAck, again.packet_id))).await;
+    s.puback(again.packet_id).await;
     let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "solo-pub", true).await;
     p.publish("solo/live", b"after restart", QoS::AtMostOnce, false, 0).await;
     assert_eq!(&s.recv_publish().await.payload[..], b"after restart");

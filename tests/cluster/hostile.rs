@@ -42,7 +42,7 @@ async fn steady_client(c: &Cluster, stop: tokio::sync::watch::Receiver<bool>) ->
         let t0 = Instant::now();
         p.publish("steady/t", b"ping", QoS::AtLeastOnce, false, i).await;
         let m = s.recv_publish().await;
-        s.send(&Packet::Ack(starling_codec::Ack::new(starling_codec::AckKind::PubAck, m.packet_id))).await;
+        s.puback(m.packet_id).await;
         assert!(matches!(p.recv().await, Some(Packet::Ack(_))));
         worst = worst.max(t0.elapsed());
         tokio::time::sleep(Duration::from_millis(20)).await;

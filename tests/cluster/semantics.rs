@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use starling_codec::{Ack, AckKind, Packet, QoS, ReasonCode};
+use starling_codec::{Packet, QoS, ReasonCode};
 use starling_tests::connect_packet;
 
 use crate::{disconnect_reason, Cluster, RawClient, V311, V5};
@@ -125,7 +125,7 @@ async fn takeover_across_nodes() {
     p.publish("roam/t", b"to the new node", QoS::AtLeastOnce, false, 1).await;
     let m = second.recv_publish().await;
     assert_eq!(&m.payload[..], b"to the new node");
-    second.send(&Packet::Ack(Ack::new(AckKind::PubAck, m.packet_id))).await;
+    second.puback(m.packet_id).await;
     // The old connection cannot come back as a second owner: reconnecting
     // it takes the session over again, closing `second`.
     let mut again = connect_packet(V5, "roaming", false);
@@ -155,7 +155,7 @@ async fn persistent_session_resumes_elsewhere_with_its_queue_in_order() {
     for i in 0..25 {
         let m = s.recv_publish().await;
         assert_eq!(String::from_utf8_lossy(&m.payload), format!("m{i}"));
-        s.send(&Packet::Ack(Ack::new(AckKind::PubAck, m.packet_id))).await;
+        s.puback(m.packet_id).await;
     }
     // And the subscription now lives on C.
     p.publish("mail/box", b"live", QoS::AtLeastOnce, false, 100).await;
@@ -204,7 +204,7 @@ async fn collect_shares(members: &mut [RawClient]) -> Vec<Vec<String>> {
         let mut mine = Vec::new();
         while let Ok(Some(Packet::Publish(x))) = m.recv_within(Duration::from_millis(500)).await {
             mine.push(String::from_utf8_lossy(&x.payload).to_string());
-            m.send(&Packet::Ack(Ack::new(AckKind::PubAck, x.packet_id))).await;
+            m.puback(x.packet_id).await;
         }
         shares.push(mine);
     }

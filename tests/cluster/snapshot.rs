@@ -5,7 +5,7 @@
 //! restarted comes back from its snapshot plus the log after it; a node
 //! that could not write the snapshot the leader sent it comes back.
 
-use starling_codec::{Packet, QoS, ReasonCode};
+use starling_codec::{QoS, ReasonCode};
 use starling_tests::connect_packet;
 
 use crate::{Cluster, RawClient, V5};
@@ -15,14 +15,6 @@ fn login(id: &str, user: &str, pw: &str) -> starling_codec::Connect {
     p.username = Some(user.into());
     p.password = Some(bytes::Bytes::copy_from_slice(pw.as_bytes()));
     p
-}
-
-async fn publish_acked(p: &mut RawClient, topic: &str, payload: &[u8], retain: bool, id: u16) -> ReasonCode {
-    p.publish(topic, payload, QoS::AtLeastOnce, retain, id).await;
-    match p.recv().await {
-        Some(Packet::Ack(a)) if a.packet_id == id => a.reason,
-        other => panic!("expected PUBACK {id}, got {other:?}"),
-    }
 }
 
 /// Retained messages under `filter` as a new subscriber on `node` sees them.
@@ -43,9 +35,9 @@ async fn retained(c: &Cluster, node: u64, filter: &str, n: usize) -> Vec<(String
 async fn check_security_and_retained(c: &Cluster, node: u64, retained_topics: usize) {
     let (mut dora, _) =
         RawClient::connect_with(c.node(node).mqtt, login(&format!("dora-{node}"), "dora", "pw")).await;
-    let ok = publish_acked(&mut dora, "snap/ok", b"x", false, 1).await;
+    let ok = dora.publish_acked("snap/ok", b"x", false, 1).await;
     assert!(!ok.is_error(), "dora may write snap/ok: {ok:?}");
-    assert_eq!(publish_acked(&mut dora, "forbidden/x", b"x", false, 2).await, ReasonCode::NOT_AUTHORIZED);
+    assert_eq!(dora.publish_acked("forbidden/x", b"x", false, 2).await, ReasonCode::NOT_AUTHORIZED);
     let mut wrong = RawClient::tcp(c.node(node).mqtt, V5).await;
     assert_eq!(
         wrong.handshake(login("dora-x", "dora", "nope")).await.code,
@@ -79,15 +71,15 @@ async fn a_node_added_after_the_log_was_purged_gets_everything_from_a_snapshot()
     s.disconnect().await;
     let (mut p, _) = RawClient::connect(c.node(2).mqtt, V5, "snap-pub", true).await;
     for i in 1..=3u16 {
-        publish_acked(&mut p, &format!("snap/r/{i}"), format!("r{i}").as_bytes(), true, i).await;
+        p.publish_acked(&format!("snap/r/{i}"), format!("r{i}").as_bytes(), true, i).await;
     }
     for i in 0..50u16 {
-        publish_acked(&mut p, "snap/q", i.to_string().as_bytes(), false, 100 + i).await;
+        p.publish_acked("snap/q", i.to_string().as_bytes(), false, 100 + i).await;
     }
     // Enough entries, one at a time, for snapshots and a purge of the log
     // before them (100 between snapshots, 100 kept behind the last).
     for i in 0..600u16 {
-        publish_acked(&mut p, "snap/churn", i.to_string().as_bytes(), true, 1000 + i).await;
+        p.publish_acked("snap/churn", i.to_string().as_bytes(), true, 1000 + i).await;
     }
 
     // Node 4 joins empty: the log it would need is gone.
@@ -109,19 +101,19 @@ async fn a_node_added_after_the_log_was_purged_gets_everything_from_a_snapshot()
     for i in 0..50u16 {
         let m = s4.recv_publish().await;
         assert_eq!(m.payload, i.to_string().as_bytes(), "queued message {i}");
-        s4.send(&Packet::Ack(starling_codec::Ack::new(starling_codec::AckKind::PubAck, m.packet_id))).await;
+        s4.puback(m.packet_id).await;
     }
     // And its subscription routes live messages from another node to it.
-    publish_acked(&mut p, "snap/q", b"live", false, 2000).await;
+    p.publish_acked("snap/q", b"live", false, 2000).await;
     assert_eq!(&s4.recv_publish().await.payload[..], b"live");
 
     // Node 2 killed; more happens; it restarts from its snapshot plus the
     // log after it.
     c.kill9(2);
     let (mut p3, _) = RawClient::connect(c.node(3).mqtt, V5, "snap-pub3", true).await;
-    publish_acked(&mut p3, "snap/r/4", b"r4", true, 1).await;
+    p3.publish_acked("snap/r/4", b"r4", true, 1).await;
     for i in 0..150u16 {
-        publish_acked(&mut p3, "snap/churn", i.to_string().as_bytes(), true, 10 + i).await;
+        p3.publish_acked("snap/churn", i.to_string().as_bytes(), true, 10 + i).await;
     }
     c.launch(2, None);
     c.wait_ready(2).await;
@@ -159,7 +151,7 @@ async fn a_node_that_could_not_write_the_leaders_snapshot_starts_again() {
     let (mut p, _) = RawClient::connect(c.node(1).mqtt, V5, "big-pub", true).await;
     let payload = |i: u16| format!("{i:04}").repeat(1024).into_bytes();
     for i in 1..=1000u16 {
-        let code = publish_acked(&mut p, &format!("big/{i:04}"), &payload(i), true, i).await;
+        let code = p.publish_acked(&format!("big/{i:04}"), &payload(i), true, i).await;
         assert!(!code.is_error(), "retained big/{i}: {code:?}");
     }
     c.thaw(3);
@@ -178,7 +170,7 @@ async fn a_node_that_could_not_write_the_leaders_snapshot_starts_again() {
     let mut got = Vec::new();
     for _ in 0..1000 {
         let m = s.recv_publish().await;
-        s.send(&Packet::Ack(starling_codec::Ack::new(starling_codec::AckKind::PubAck, m.packet_id))).await;
+        s.puback(m.packet_id).await;
         got.push((m.topic.to_string(), m.payload.to_vec()));
     }
     got.sort();

@@ -125,7 +125,7 @@ async fn garbage_after_connect_does_not_disturb_other_clients() {
         assert!(matches!(p.recv().await, Some(Packet::Ack(_))));
         let m = s.recv_publish().await;
         assert_eq!(m.payload, format!("m{round}").as_bytes());
-        s.send(&Packet::Ack(starling_codec::Ack::new(starling_codec::AckKind::PubAck, m.packet_id))).await;
+        s.puback(m.packet_id).await;
         // Junk that happens to be a valid prefix may just wait for more
         // bytes; either way the connection must not take the server down.
         let _ = bad.recv_within(Duration::from_millis(50)).await;

@@ -26,7 +26,7 @@ async fn granted_qos_is_the_minimum_of_published_and_subscribed() {
             assert_eq!(got.qos, pub_qos.min(sub_qos), "pub {pub_qos:?} sub {sub_qos:?}");
             match got.qos {
                 QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => s.send(&ack(AckKind::PubAck, got.packet_id)).await,
+                QoS::AtLeastOnce => s.puback(got.packet_id).await,
                 QoS::ExactlyOnce => {
                     s.send(&ack(AckKind::PubRec, got.packet_id)).await;
                     assert_eq!(s.recv().await, Some(ack(AckKind::PubRel, got.packet_id)));
@@ -100,7 +100,7 @@ async fn unacknowledged_messages_are_resent_with_dup_when_the_session_resumes() 
     assert!(again.dup, "resent PUBLISH has DUP set");
     assert_eq!((again.packet_id, &again.payload[..]), (m1.packet_id, &b"q1"[..]));
     assert_eq!(s.recv().await, Some(ack(AckKind::PubRel, m2.packet_id)), "PUBREL resent");
-    s.send(&ack(AckKind::PubAck, m1.packet_id)).await;
+    s.puback(m1.packet_id).await;
     s.send(&ack(AckKind::PubComp, m2.packet_id)).await;
     s.expect_silence(Duration::from_millis(300)).await;
 }
@@ -150,7 +150,7 @@ async fn messages_from_one_publisher_arrive_in_order_at_every_qos() {
                 i += 1;
                 match m.qos {
                     QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => s.send(&ack(AckKind::PubAck, m.packet_id)).await,
+                    QoS::AtLeastOnce => s.puback(m.packet_id).await,
                     QoS::ExactlyOnce => s.send(&ack(AckKind::PubRec, m.packet_id)).await,
                 }
             }
@@ -176,11 +176,11 @@ async fn client_receive_maximum_limits_unacknowledged_deliveries() {
     let a = s.recv_publish().await;
     let b = s.recv_publish().await;
     s.expect_silence(Duration::from_millis(300)).await;
-    s.send(&ack(AckKind::PubAck, a.packet_id)).await;
+    s.puback(a.packet_id).await;
     let c3 = s.recv_publish().await;
     assert_eq!(c3.payload[0], 2);
     s.expect_silence(Duration::from_millis(200)).await;
-    s.send(&ack(AckKind::PubAck, b.packet_id)).await;
+    s.puback(b.packet_id).await;
     assert_eq!(s.recv_publish().await.payload[0], 3);
 }
 
@@ -199,7 +199,7 @@ async fn a_full_session_queue_drops_and_counts() {
     for i in 0..5u8 {
         let m = s.recv_publish().await;
         assert_eq!(m.payload[0], i, "the oldest messages were kept");
-        s.send(&ack(AckKind::PubAck, m.packet_id)).await;
+        s.puback(m.packet_id).await;
     }
     s.expect_silence(Duration::from_millis(300)).await;
     assert_eq!(server.metric("starling_messages_dropped_total{reason=\"queue_full\",qos=\"1\"}").await, 5.0);

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use starling_codec::{decode, ConnAck, Connect, Packet, Properties, ProtocolVersion, QoS};
+use starling_codec::{decode, ConnAck, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode};
 use starling_server::{Config, Listeners};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -305,6 +305,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
             payload: bytes::Bytes::copy_from_slice(payload),
         };
         self.send(&Packet::Publish(p)).await;
+    }
+
+    /// A QoS 1 PUBLISH and its PUBACK's reason code (panics on anything
+    /// else).
+    pub async fn publish_acked(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        retain: bool,
+        packet_id: u16,
+    ) -> ReasonCode {
+        self.publish(topic, payload, QoS::AtLeastOnce, retain, packet_id).await;
+        match self.recv().await {
+            Some(Packet::Ack(a)) if a.kind == starling_codec::AckKind::PubAck && a.packet_id == packet_id => {
+                a.reason
+            }
+            other => panic!("expected PUBACK {packet_id}, got {other:?}"),
+        }
+    }
+
+    /// Acknowledges a received QoS 1 message.
+    pub async fn puback(&mut self, packet_id: u16) {
+        self.send(&Packet::Ack(starling_codec::Ack::new(starling_codec::AckKind::PubAck, packet_id))).await;
     }
 
     pub async fn disconnect(mut self) {

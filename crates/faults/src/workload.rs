@@ -100,6 +100,27 @@ struct Login<'a> {
     direct_only: bool,
 }
 
+impl<'a> Login<'a> {
+    /// A clean session with the client id `name`, through the load
+    /// balancer or straight to a node.
+    fn new(name: &'a str, version: ProtocolVersion) -> Login<'a> {
+        Login { name, id: name, version, clean: true, direct_only: false }
+    }
+
+    fn clean(self, clean: bool) -> Self {
+        Login { clean, ..self }
+    }
+
+    fn id(self, id: &'a str) -> Self {
+        Login { id, ..self }
+    }
+
+    /// Straight to a node only.
+    fn direct(self) -> Self {
+        Login { direct_only: true, ..self }
+    }
+}
+
 /// Connects, recording the attempt; `None` after a failure (already
 /// recorded, with a short back-off).
 async fn connect(ctx: &Ctx, rng: &mut Rng, login: Login<'_>, epoch: u64) -> Option<(Mqtt, bool, String)> {
@@ -200,14 +221,7 @@ pub async fn publisher(ctx: Ctx, name: String, qos: u8, version: ProtocolVersion
     let mut epoch = 0u64;
     while ctx.phase() == Phase::Run {
         epoch += 1;
-        let Some((mut m, _, _)) = connect(
-            &ctx,
-            &mut rng,
-            Login { name: &name, id: &name, version, clean: true, direct_only: false },
-            epoch,
-        )
-        .await
-        else {
+        let Some((mut m, _, _)) = connect(&ctx, &mut rng, Login::new(&name, version), epoch).await else {
             continue;
         };
         let mut seq = 0u64;
@@ -265,13 +279,8 @@ pub async fn subscriber(
             return;
         }
         epoch += 1;
-        let Some((mut m, session_present, _)) = connect(
-            &ctx,
-            &mut rng,
-            Login { name: &name, id: &name, version, clean: !persistent, direct_only: false },
-            epoch,
-        )
-        .await
+        let Some((mut m, session_present, _)) =
+            connect(&ctx, &mut rng, Login::new(&name, version).clean(!persistent), epoch).await
         else {
             continue;
         };
@@ -396,13 +405,8 @@ pub async fn retained_writer(ctx: Ctx, name: String) {
     let mut seq = 0u64;
     while ctx.phase() == Phase::Run {
         epoch += 1;
-        let Some((mut m, _, _)) = connect(
-            &ctx,
-            &mut rng,
-            Login { name: &name, id: &name, version: ProtocolVersion::V5, clean: true, direct_only: false },
-            epoch,
-        )
-        .await
+        let Some((mut m, _, _)) =
+            connect(&ctx, &mut rng, Login::new(&name, ProtocolVersion::V5), epoch).await
         else {
             continue;
         };
@@ -454,19 +458,8 @@ pub async fn prober(ctx: Ctx, name: String) {
     let (mut sub_ep, mut pub_ep) = (0u64, 0u64);
     'outer: while ctx.phase() == Phase::Run {
         sub_ep += 1;
-        let Some((mut sub, _, sub_via)) = connect(
-            &ctx,
-            &mut rng,
-            Login {
-                name: &sub_name,
-                id: &sub_name,
-                version: ProtocolVersion::V5,
-                clean: true,
-                direct_only: true,
-            },
-            sub_ep,
-        )
-        .await
+        let Some((mut sub, _, sub_via)) =
+            connect(&ctx, &mut rng, Login::new(&sub_name, ProtocolVersion::V5).direct(), sub_ep).await
         else {
             continue;
         };
@@ -485,13 +478,7 @@ pub async fn prober(ctx: Ctx, name: String) {
                 // Another node than the subscriber's when there is one.
                 let mut tries = 0;
                 let got = loop {
-                    let login = Login {
-                        name: &pub_name,
-                        id: &pub_name,
-                        version: ProtocolVersion::V311,
-                        clean: true,
-                        direct_only: true,
-                    };
+                    let login = Login::new(&pub_name, ProtocolVersion::V311).direct();
                     let got = connect(&ctx, &mut rng, login, pub_ep).await;
                     tries += 1;
                     match got {
@@ -637,13 +624,8 @@ pub async fn takeover(ctx: Ctx, name: String) {
     let mut watchers = Vec::new();
     while ctx.phase() == Phase::Run {
         epoch += 1;
-        let Some((mut m, _, _)) = connect(
-            &ctx,
-            &mut rng,
-            Login { name: &name, id: &id, version: ProtocolVersion::V5, clean: true, direct_only: true },
-            epoch,
-        )
-        .await
+        let Some((mut m, _, _)) =
+            connect(&ctx, &mut rng, Login::new(&name, ProtocolVersion::V5).id(&id).direct(), epoch).await
         else {
             continue;
         };
