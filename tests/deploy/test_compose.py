@@ -68,7 +68,9 @@ class Client:
                              transport=transport, protocol=protocol, **({} if v5 else {"clean_session": clean}))
         self.messages = queue.Queue()
         self.connacks = queue.Queue()
+        self.subacks = queue.Queue()
         self.c.on_message = lambda c, u, m: self.messages.put(m)
+        self.c.on_subscribe = lambda c, u, mid, codes, p: self.subacks.put((mid, codes))
         self.c.on_connect = lambda c, u, flags, rc, p: self.connacks.put((flags.session_present, rc))
         if transport == "websockets":
             self.c.ws_set_options(path="/mqtt")
@@ -85,9 +87,12 @@ class Client:
         self.session_present = present
 
     def subscribe(self, topic, qos=1):
-        r, _ = self.c.subscribe(topic, qos)
+        """Subscribes and waits for the SUBACK, which must grant it."""
+        r, mid = self.c.subscribe(topic, qos)
         assert r == 0
-        time.sleep(0.3)
+        got, codes = self.subacks.get(timeout=TIMEOUT)
+        assert got == mid, (got, mid)
+        assert all(not c.is_failure for c in codes), f"SUBACK {codes}"
 
     def publish(self, topic, payload, qos=1, retain=False, expiry=None):
         """Publishes and waits for the acknowledgement; True when the
@@ -119,11 +124,18 @@ def test_1_pub_sub_across_nodes():
     got = sorted(clients[0].messages.get(timeout=TIMEOUT).payload.decode() for _ in range(6))
     assert got == sorted(f"from {i}" for i in range(6))
     # mosquitto clients through HAProxy too.
-    sub = subprocess.Popen(["mosquitto_sub", "-h", HOST, "-p", "1883", "-t", "e2e/cli", "-C", "1", "-W", "15"],
+    sub = subprocess.Popen(["mosquitto_sub", "-h", HOST, "-p", "1883", "-t", "e2e/cli", "-C", "1", "-W", "30"],
                            stdout=subprocess.PIPE, text=True)
-    time.sleep(1)
-    subprocess.run(["mosquitto_pub", "-h", HOST, "-p", "1883", "-t", "e2e/cli", "-m", "via haproxy", "-q", "1"],
-                   check=True, timeout=15)
+    # mosquitto_sub does not say when its SUBACK came: publish until it has
+    # received one (it exits after the first, -C 1).
+    deadline = time.time() + 25
+    while sub.poll() is None and time.time() < deadline:
+        subprocess.run(["mosquitto_pub", "-h", HOST, "-p", "1883", "-t", "e2e/cli", "-m", "via haproxy", "-q", "1"],
+                       check=True, timeout=15)
+        try:
+            sub.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
     assert sub.communicate(timeout=20)[0].strip() == "via haproxy"
     for c in clients:
         c.close()
@@ -191,8 +203,17 @@ def test_3_kill_a_node_under_a_qos1_stream():
     time.sleep(8)
     stop.set()
     t.join()
-    time.sleep(3)
+    # Everything acknowledged is on its way: take deliveries until all have
+    # come (or 30 s), then a second more for duplicates.
     seen = []
+    deadline = time.time() + 30
+    while not set(published) <= {v for v, _ in seen} and time.time() < deadline:
+        try:
+            m = s.messages.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        seen.append((int(m.payload), m.dup))
+    time.sleep(1)
     while not s.messages.empty():
         m = s.messages.get()
         seen.append((int(m.payload), m.dup))
