@@ -188,7 +188,7 @@ impl LogStore {
         // Everything up to the purge point must be in the snapshot
         // (`purge`); otherwise entries are missing for good.
         let snapshot = store.snapshot_on_disk.borrow().last;
-        if let Some(p) = purged.filter(|p| Some(*p) > snapshot) {
+        if let Some(p) = purged.filter(|p| snapshot.is_none_or(|s| p.index > s.index)) {
             let ends =
                 snapshot.map_or("there is no snapshot".to_string(), |s| format!("the snapshot ends at {s}"));
             return Err(read_err(std::io::Error::other(format!(
@@ -235,7 +235,10 @@ impl LogStore {
     async fn snapshot_covering(&self, log_id: LogId) -> Result<(), StorageError> {
         let mut rx = self.store.snapshot_on_disk.subscribe();
         let settled = async move {
-            rx.wait_for(|s| !s.receiving || s.failed || s.last >= Some(log_id)).await.map(|s| *s).ok()
+            rx.wait_for(|s| !s.receiving || s.failed || s.last.is_some_and(|l| l.index >= log_id.index))
+                .await
+                .map(|s| *s)
+                .ok()
         };
         match tokio::time::timeout(PURGE_WAIT, settled).await {
             Ok(Some(s)) if !s.failed => Ok(()),
