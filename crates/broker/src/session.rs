@@ -221,68 +221,59 @@ impl Session {
     }
 
     /// Makes the session's durable deliveries what the replicated queue
-    /// holds (a node taking the session over, or resuming it): what this
-    /// runtime already holds keeps its place and state (released ones move
-    /// to the PUBREL stage), what the queue no longer holds is dropped,
-    /// and what it did not know is added — released QoS 2 messages waiting
-    /// for PUBCOMP (their PUBREL is resent on attach), the others queued
-    /// in order, ahead of newer ones, marked as possibly sent.
+    /// holds (a node taking the session over, or resuming it): messages
+    /// this runtime sent and still waits for keep their state (released
+    /// ones move to the PUBREL stage); what the queue no longer holds is
+    /// dropped; every other one is queued from the replicated queue in
+    /// sequence order, marked as possibly sent, ahead of the session's
+    /// other deliveries — released QoS 2 messages wait for PUBCOMP instead
+    /// (their PUBREL is resent on attach).
     pub fn load_durable(&self, entries: Vec<(Delivery, bool)>) {
-        use std::collections::HashMap;
+        use std::collections::{HashMap, HashSet};
         {
             let mut st = self.state.lock();
             let wanted: HashMap<u64, bool> =
                 entries.iter().filter_map(|(d, rel)| d.durable.map(|r| (r.seq, *rel))).collect();
-            let held = |d: &Delivery| d.durable.is_none_or(|r| wanted.contains_key(&r.seq));
-            st.inflight.retain(|i| held(&i.delivery));
-            // A message still waiting here that another owner delivered and
-            // the client answered with PUBREC in the meantime (this runtime
-            // held the session before): only its PUBREL may go now, below.
-            // Sending it again would deliver it twice (fault schedule 3007).
-            let released = |d: &Delivery| d.durable.is_some_and(|r| wanted.get(&r.seq) == Some(&true));
-            st.queue.retain(|d| held(d) && !released(d));
-            let mut present = std::collections::HashSet::new();
+            // What this runtime sent and still waits for stays in flight (a
+            // released one now waits only for PUBCOMP); what the replicated
+            // queue no longer holds is done.
+            st.inflight.retain(|i| i.delivery.durable.is_none_or(|r| wanted.contains_key(&r.seq)));
+            let mut in_flight = HashSet::new();
             for i in st.inflight.iter_mut() {
                 if let Some(r) = i.delivery.durable {
-                    present.insert(r.seq);
+                    in_flight.insert(r.seq);
                     if wanted.get(&r.seq) == Some(&true) && i.state != InflightState::AwaitPubComp {
                         i.state = InflightState::AwaitPubComp;
                     }
                 }
             }
+            // Every other durable message comes from the replicated queue,
+            // in sequence order, whatever this runtime's queue held: it may
+            // have missed any part of it (the session owned elsewhere for a
+            // while, fault schedule 4003) and may hold messages released
+            // elsewhere (only their PUBREL may go, fault schedule 3007).
             // Whether they went out before (another connection, before a
             // restart) is not known: DUP says "possibly".
-            for d in st.queue.iter_mut() {
-                if let Some(r) = d.durable.as_mut() {
-                    r.maybe_sent = true;
-                    present.insert(r.seq);
-                }
-            }
-            let mut front = Vec::new();
+            let others: Vec<Delivery> = st.queue.drain(..).filter(|d| d.durable.is_none()).collect();
+            let mut queued = Vec::new();
             for (mut d, released) in entries {
-                let Some(r) = d.durable.as_mut().filter(|r| !present.contains(&r.seq)) else { continue };
+                let Some(r) = d.durable.as_mut().filter(|r| !in_flight.contains(&r.seq)) else { continue };
                 r.maybe_sent = true;
-                let r = *r;
+                let seq = r.seq;
                 if released {
-                    let packet_id = packet_id_for(r.seq);
                     st.inflight.push_back(Inflight {
-                        packet_id,
+                        packet_id: packet_id_for(seq),
                         delivery: d,
                         state: InflightState::AwaitPubComp,
                     });
                 } else {
-                    front.push(d);
+                    queued.push(d);
                 }
             }
-            // Older entries this runtime did not hold go first. A newer one
-            // it already sent to an earlier connection (unacknowledged)
-            // must not overtake them: it goes back into the queue, in
-            // sequence order, and is sent again (DUP) after them.
-            let oldest_missing = front.iter().filter_map(|d| d.durable.map(|r| r.seq)).min();
-            for d in front.into_iter().rev() {
-                st.queue.push_front(d);
-            }
-            if let Some(oldest) = oldest_missing {
+            // A newer message this runtime sent (unanswered) must not
+            // overtake older ones still to send: it goes back into the queue
+            // and is sent again (DUP) after them.
+            if let Some(oldest) = queued.iter().filter_map(|d| d.durable.map(|r| r.seq)).min() {
                 let mut back = Vec::new();
                 st.inflight.retain(|i| {
                     let newer = i.delivery.durable.is_some_and(|r| r.seq > oldest);
@@ -296,18 +287,14 @@ impl Session {
                     }
                 });
                 for mut d in back {
-                    let Some(r) = d.durable.as_mut() else { continue };
-                    r.maybe_sent = true;
-                    let seq = r.seq;
-                    // Right after the last older durable entry.
-                    let at = st
-                        .queue
-                        .iter()
-                        .rposition(|q| q.durable.is_some_and(|r| r.seq < seq))
-                        .map_or(0, |i| i + 1);
-                    st.queue.insert(at, d);
+                    if let Some(r) = d.durable.as_mut() {
+                        r.maybe_sent = true;
+                    }
+                    queued.push(d);
                 }
             }
+            queued.sort_by_key(|d| d.durable.map_or(0, |r| r.seq));
+            st.queue = queued.into_iter().chain(others).collect();
         }
         self.wake();
     }
@@ -901,6 +888,26 @@ mod tests {
     /// PUBREC (released in the replicated queue). When the session came
     /// back here they went out again as PUBLISH, and the client, done with
     /// them, took them as new: delivered twice.
+    /// Fault schedule 4003: the session was owned by another node for a
+    /// while (its node declared down), so this runtime held some messages
+    /// of the replicated queue and missed others, older or newer; the
+    /// resumed session sent 193 and 194 before 143..192.
+    #[test]
+    fn loading_the_replicated_queue_sends_it_in_order_whatever_was_held() {
+        for held in [&[193u64, 194][..], &[143, 144, 145], &[150, 151]] {
+            let s = session(100);
+            for seq in held {
+                s.enqueue(durable(QoS::AtLeastOnce, *seq));
+            }
+            s.load_durable((143..=194).map(|seq| (durable(QoS::AtLeastOnce, seq), false)).collect());
+            s.attach(epoch(1));
+            let mut out = Vec::new();
+            s.take_outgoing(epoch(1), 100, 100, Instant::now(), &mut out).unwrap();
+            let want: Vec<(u16, bool)> = (143..=194u16).map(|id| (id, true)).collect();
+            assert_eq!(sent(&out), want, "held {held:?}");
+        }
+    }
+
     #[test]
     fn a_message_released_elsewhere_is_not_sent_again_from_the_local_queue() {
         let s = session(10);
