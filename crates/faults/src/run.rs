@@ -521,10 +521,22 @@ pub async fn run(opts: RunOptions) -> Result<PathBuf> {
     hist.rec("nemesis", "healed", json!({}));
     let members = nemesis.nodes.members();
     let https: Vec<_> = members.iter().map(|s| (*s, nemesis.nodes.slot(*s).http())).collect();
-    let ready = wait_ready(&https, RECOVERY_BOUND).await;
+    // Nodes still stopping after the last fault (a full disk: the shutdown
+    // grace period) are restarted meanwhile, as during the faults.
+    let ready = loop {
+        blocking(|| nemesis.reap());
+        if wait_ready(&https, Duration::ZERO).await {
+            break true;
+        }
+        if healed.elapsed() >= RECOVERY_BOUND {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let statuses_agree = {
         let mut ok = false;
         while healed.elapsed() < RECOVERY_BOUND {
+            blocking(|| nemesis.reap());
             let s: Vec<_> =
                 blocking(|| members.iter().filter_map(|m| nemesis.nodes.status(*m).ok()).collect());
             let alive = |v: &serde_json::Value| {
