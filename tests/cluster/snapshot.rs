@@ -17,7 +17,8 @@ fn login(id: &str, user: &str, pw: &str) -> starling_codec::Connect {
     p
 }
 
-/// Retained messages under `filter` as a new subscriber on `node` sees them.
+/// Retained messages under `filter` as a new subscriber on `node` sees them
+/// (each acknowledged, so that more than the inflight window can come).
 async fn retained(c: &Cluster, node: u64, filter: &str, n: usize) -> Vec<(String, Vec<u8>)> {
     let (mut s, _) = RawClient::connect(c.node(node).mqtt, V5, &format!("look-{node}-{filter}"), true).await;
     s.subscribe(1, filter, QoS::AtLeastOnce).await;
@@ -25,6 +26,7 @@ async fn retained(c: &Cluster, node: u64, filter: &str, n: usize) -> Vec<(String
     for _ in 0..n {
         let m = s.recv_publish().await;
         assert!(m.retain);
+        s.puback(m.packet_id).await;
         got.push((m.topic.to_string(), m.payload.to_vec()));
     }
     got.sort();
@@ -165,15 +167,7 @@ async fn a_node_that_could_not_write_the_leaders_snapshot_starts_again() {
     c.node_mut(3).wrap.clear();
     c.launch(3, None);
     c.wait_ready(3).await;
-    let (mut s, _) = RawClient::connect(c.node(3).mqtt, V5, "big-look", true).await;
-    s.subscribe(1, "big/#", QoS::AtLeastOnce).await;
-    let mut got = Vec::new();
-    for _ in 0..1000 {
-        let m = s.recv_publish().await;
-        s.puback(m.packet_id).await;
-        got.push((m.topic.to_string(), m.payload.to_vec()));
-    }
-    got.sort();
+    let got = retained(&c, 3, "big/#", 1000).await;
     for (i, (topic, body)) in got.iter().enumerate() {
         let i = i as u16 + 1;
         assert_eq!(

@@ -341,16 +341,21 @@ fn start_haproxy(out: &Path) -> Result<Option<(Haproxy, std::net::SocketAddr)>> 
     Ok(Some((Haproxy(child), format!("127.0.0.1:{port}").parse()?)))
 }
 
+/// Whether every node answers `/health/ready` with 200 now.
+async fn all_ready(nodes: &[(usize, std::net::SocketAddr)]) -> bool {
+    let mut all = true;
+    for (_, http) in nodes {
+        if http_get(*http, "/health/ready", Duration::from_secs(1)).await.0 != 200 {
+            all = false;
+        }
+    }
+    all
+}
+
 async fn wait_ready(nodes: &[(usize, std::net::SocketAddr)], within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
-        let mut all = true;
-        for (_, http) in nodes {
-            if http_get(*http, "/health/ready", Duration::from_secs(1)).await.0 != 200 {
-                all = false;
-            }
-        }
-        if all {
+        if all_ready(nodes).await {
             return true;
         }
         if Instant::now() > deadline {
@@ -525,7 +530,7 @@ pub async fn run(opts: RunOptions) -> Result<PathBuf> {
     // grace period) are restarted meanwhile, as during the faults.
     let ready = loop {
         blocking(|| nemesis.reap());
-        if wait_ready(&https, Duration::ZERO).await {
+        if all_ready(&https).await {
             break true;
         }
         if healed.elapsed() >= RECOVERY_BOUND {
