@@ -180,7 +180,7 @@ impl Broker {
         targets: Vec<crate::replicated::DurableTarget>,
     ) -> crate::durable::StoredWaiter {
         let cmd = crate::replicated::Command::Enqueue {
-            message: crate::replicated::StoredMessage::from_message(msg),
+            message: Arc::new(crate::replicated::StoredMessage::from_message(msg)),
             expires_in_ms: crate::replicated::expires_in_ms(msg, Instant::now()),
             targets,
             limits: self.queue_limits(),

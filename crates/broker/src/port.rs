@@ -8,6 +8,9 @@
 //! `ReplicatedState::apply` and hand the resulting changes to the node's
 //! `LocalState`; the rules live there, once, for every implementation.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_trait::async_trait;
 
 use crate::replicated::{Command, CommandResult, ReplicatedState};
@@ -28,6 +31,9 @@ pub enum PortError {
     NotOwner,
 }
 
+/// The outcome of commands handed to the log by `StatePort::submit_all`.
+pub type PendingCommit = Pin<Box<dyn Future<Output = Result<Vec<CommandResult>, PortError>> + Send>>;
+
 #[async_trait]
 pub trait StatePort: Send + Sync + 'static {
     /// Commits `cmd` and returns its result once it is applied on this
@@ -40,6 +46,17 @@ pub trait StatePort: Send + Sync + 'static {
     /// cluster): the durable path keeps a publisher's messages in order
     /// this way. Results in the same order.
     async fn commit_all(&self, cmds: Vec<Command>) -> Result<Vec<CommandResult>, PortError>;
+
+    /// Hands `cmds` to the log as one entry and returns the wait for their
+    /// results: groups handed over one after another are committed in
+    /// that order even when the caller does not wait for one before
+    /// handing over the next (the durable path keeps several groups in
+    /// flight this way). An implementation that cannot keep pending
+    /// groups in order commits before returning (this default).
+    async fn submit_all(&self, cmds: Vec<Command>) -> PendingCommit {
+        let r = self.commit_all(cmds).await;
+        Box::pin(std::future::ready(r))
+    }
 
     /// Whether this node can commit changes now (readiness).
     fn is_ready(&self) -> bool;

@@ -170,17 +170,19 @@ impl Membership {
         readiness: Arc<crate::readiness::Readiness>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut metrics = self.raft.metrics();
-        let mut applied = sm.applied_watch();
+        // Woken by changes of the membership (server metrics) and of the
+        // declared-down set only, not by every entry.
+        let mut metrics = self.raft.server_metrics();
+        let mut down_rx = sm.down_watch();
         let me = self.raft.metrics().borrow().id;
         loop {
             forwarder.set_peers(&self.peers());
-            let down = sm.with_state(|s| s.down().clone());
+            let down = down_rx.borrow_and_update().clone();
             readiness.set_declared_down(down.contains(&me));
             forwarder.set_down(&down);
             tokio::select! {
                 r = metrics.changed() => if r.is_err() { return },
-                r = applied.changed() => if r.is_err() { return },
+                r = down_rx.changed() => if r.is_err() { return },
                 _ = stop.wait_for(|s| *s) => return,
             }
         }

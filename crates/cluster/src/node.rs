@@ -49,6 +49,9 @@ use crate::storage::Store;
 use crate::types::{NodeId, NodeInfo, Raft};
 use crate::writer::{Proposer, Writer};
 
+/// How often `core_failed` looks at the Raft core's state.
+const CORE_CHECK: Duration = Duration::from_millis(100);
+
 /// Cluster settings (the `[cluster]` table of the server config).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -156,6 +159,7 @@ impl ClusterNode {
         let stats = Arc::new(PeerStats::default());
         let port = Arc::new(ClusterPort {
             writer: Writer::start(proposer.clone()),
+            proposer: proposer.clone(),
             sm: shared.clone(),
             peers: peers.clone(),
             readiness: readiness.clone(),
@@ -290,16 +294,20 @@ impl ClusterNode {
     /// full or failing disk) leaves the node unable to vote or apply, so it
     /// must stop and be restarted (fail-stop) rather than linger half alive.
     pub async fn core_failed(&self) -> String {
-        let mut rx = self.raft.metrics();
+        // Looked at every `CORE_CHECK` rather than on every change of
+        // openraft's metrics: they change several times per entry, and
+        // each wake-up of this (main) thread costs more than the check.
+        let rx = self.raft.metrics();
         loop {
             if let Err(e) = &rx.borrow().running_state {
                 if !matches!(e, openraft::error::Fatal::Stopped) {
                     return e.to_string();
                 }
             }
-            if rx.changed().await.is_err() {
+            if rx.has_changed().is_err() {
                 return "the Raft core ended".into();
             }
+            tokio::time::sleep(CORE_CHECK).await;
         }
     }
 

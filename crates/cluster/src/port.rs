@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use starling_broker::ids::ClientId;
-use starling_broker::port::{PortError, StatePort};
+use starling_broker::port::{PendingCommit, PortError, StatePort};
 use starling_broker::replicated::{Command, CommandResult, LocalState, ReplicatedState};
 
 use crate::peer_client::PeerClient;
@@ -25,13 +25,16 @@ use crate::sm::SmShared;
 use crate::status::PeerStats;
 use crate::types::NodeId;
 use crate::wire::decode_delivery;
-use crate::writer::Writer;
+use crate::writer::{Proposer, Writer};
 
 /// How long one `WaitApplied` call waits for a member to apply an entry.
 const PROPAGATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ClusterPort {
     pub writer: Writer,
+    /// For `submit_all` on the leader (the writer's batches may be
+    /// proposed out of order).
+    pub proposer: Proposer,
     pub sm: Arc<SmShared>,
     pub peers: PeerClient,
     pub readiness: Arc<Readiness>,
@@ -149,6 +152,26 @@ impl StatePort for ClusterPort {
         let (results, _) =
             self.writer.write_all(cmds).await.map_err(|e| PortError::Unknown(e.to_string()))?;
         Ok(results)
+    }
+
+    async fn submit_all(&self, cmds: Vec<Command>) -> PendingCommit {
+        if !self.readiness.is_ready() {
+            let e = PortError::Unavailable("this node is not connected to a quorum".into());
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        // Leading: straight to the Raft core, in call order, several
+        // entries in flight. Otherwise through the leader, one group at a
+        // time (forwarded writes may overtake each other): committed
+        // before returning.
+        match self.proposer.submit_as_leader(cmds).await {
+            Ok(pending) => {
+                Box::pin(async move { pending.await.map_err(|e| PortError::Unknown(e.to_string())) })
+            }
+            Err(cmds) => {
+                let r = self.commit_all(cmds).await;
+                Box::pin(std::future::ready(r))
+            }
+        }
     }
 
     fn is_ready(&self) -> bool {

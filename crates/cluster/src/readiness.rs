@@ -7,7 +7,7 @@
 //! the load balancer moves clients away from a node cut off from the
 //! majority.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -35,7 +35,15 @@ pub struct Readiness {
     /// what they would forward to it, so it takes no clients until the
     /// leader declares it alive again.
     declared_down: AtomicBool,
+    /// `leader_word`'s last answer and when it was taken (nanoseconds
+    /// after `born`; 0: never).
+    in_contact: AtomicBool,
+    checked_at: AtomicU64,
+    born: Instant,
 }
+
+/// How long `is_ready` reuses its reading of the leader's word.
+const RECHECK: Duration = Duration::from_millis(1);
 
 impl Readiness {
     pub fn new(raft: Raft, fresh: Duration) -> Readiness {
@@ -46,6 +54,9 @@ impl Readiness {
             draining: AtomicBool::new(false),
             reset_done: AtomicBool::new(false),
             declared_down: AtomicBool::new(false),
+            in_contact: AtomicBool::new(false),
+            checked_at: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
@@ -87,7 +98,23 @@ impl Readiness {
         {
             return false;
         }
-        // Read in place: this runs for every QoS 1/2 PUBLISH.
+        // This runs for every QoS 1/2 PUBLISH: the leader's word is read
+        // from openraft's metrics (a lock its core takes for every update)
+        // at most once per `RECHECK`.
+        let now = self.born.elapsed().as_nanos() as u64;
+        let last = self.checked_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < RECHECK.as_nanos() as u64 {
+            return self.in_contact.load(Ordering::Relaxed);
+        }
+        let ready = self.leader_word();
+        self.in_contact.store(ready, Ordering::Relaxed);
+        self.checked_at.store(now.max(1), Ordering::Relaxed);
+        ready
+    }
+
+    /// Whether this node heard from the leader (or, leading, from a
+    /// quorum) recently enough, and caught up with it.
+    fn leader_word(&self) -> bool {
         let rx = self.raft.metrics();
         let m = rx.borrow();
         match m.current_leader {

@@ -15,6 +15,7 @@
 //! `Store::snapshot_on_disk` says so, and only then may the log be purged
 //! up to it.
 
+use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ use starling_broker::replicated::{LocalState, ReplicatedState};
 
 use crate::storage::Store;
 use crate::types::{
-    BatchResult, Entry, LogId, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    BatchResult, Entry, LogId, NodeId, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 const SNAPSHOT_META: &[u8] = b"current";
@@ -46,6 +47,8 @@ pub struct SmShared {
     store: Store,
     local: Arc<LocalState>,
     applied_tx: watch::Sender<u64>,
+    /// The nodes the replicated state has declared down, as applied here.
+    down_tx: watch::Sender<BTreeSet<NodeId>>,
     snapshot_seq: std::sync::atomic::AtomicU64,
     /// Held while a snapshot is written (`persist_snapshot`).
     persist_lock: Mutex<()>,
@@ -62,6 +65,21 @@ impl SmShared {
 
     pub fn applied_watch(&self) -> watch::Receiver<u64> {
         self.applied_tx.subscribe()
+    }
+
+    /// Changes when the set of nodes declared down does.
+    pub fn down_watch(&self) -> watch::Receiver<BTreeSet<NodeId>> {
+        self.down_tx.subscribe()
+    }
+
+    fn publish_down(&self, state: &ReplicatedState) {
+        self.down_tx.send_if_modified(|d| {
+            let changed = d != state.down();
+            if changed {
+                d.clone_from(state.down());
+            }
+            changed
+        });
     }
 
     /// Waits until this node has applied `index`.
@@ -108,12 +126,14 @@ impl StateMachine {
     /// Opens the state machine, loading the current snapshot if any.
     pub fn open(store: Store, local: Arc<LocalState>) -> Result<StateMachine, StorageError> {
         let (applied_tx, _) = watch::channel(0);
+        let (down_tx, _) = watch::channel(BTreeSet::new());
         let sm = StateMachine {
             shared: Arc::new(SmShared {
                 inner: Mutex::new(Inner::default()),
                 store,
                 local,
                 applied_tx,
+                down_tx,
                 snapshot_seq: std::sync::atomic::AtomicU64::new(0),
                 persist_lock: Mutex::new(()),
                 apply_nanos: std::sync::atomic::AtomicU64::new(0),
@@ -150,6 +170,7 @@ impl StateMachine {
             inner.membership = meta.last_membership.clone();
             inner.state = state;
             self.shared.local.rebuild(&inner.state);
+            self.shared.publish_down(&inner.state);
         }
         self.shared.applied_tx.send_replace(meta.last_log_id.map_or(0, |l| l.index));
         Ok(())
@@ -251,8 +272,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(batch) => {
                         let mut results = Vec::with_capacity(batch.commands.len());
                         let mut changes = Vec::new();
-                        for cmd in batch.commands {
-                            results.push(inner.state.apply(batch.time_ms, cmd, &mut changes));
+                        // Moved out when this is the only copy (a follower's
+                        // decoded entry); cloned when the leader's recent
+                        // entries still hold it.
+                        match Arc::try_unwrap(batch.commands) {
+                            Ok(cmds) => {
+                                for cmd in cmds {
+                                    results.push(inner.state.apply(batch.time_ms, cmd, &mut changes));
+                                }
+                            }
+                            Err(shared) => {
+                                for cmd in shared.iter() {
+                                    results.push(inner.state.apply(batch.time_ms, cmd.clone(), &mut changes));
+                                }
+                            }
                         }
                         // Under the lock: changes reach the views in log order.
                         self.shared.local.apply(inner.state.time_ms(), changes);
@@ -260,6 +293,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
+            self.shared.publish_down(&inner.state);
         }
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         self.shared.apply_nanos.fetch_add(started.elapsed().as_nanos() as u64, relaxed);

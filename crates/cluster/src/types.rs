@@ -9,6 +9,7 @@
 //! coerced value.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use starling_broker::replicated::{Command, CommandResult};
@@ -32,10 +33,15 @@ impl std::fmt::Display for NodeInfo {
 
 /// One Raft log entry: commands batched by the leader, stamped with the
 /// leader's wall clock so `apply` never reads a clock.
+///
+/// The commands are shared: openraft copies an entry for every follower it
+/// replicates to and for the state machine, and the leader keeps recent
+/// entries in memory; a copy is a reference count, not the messages again.
+/// (Encoded exactly as the plain list: the log format does not change.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub time_ms: u64,
-    pub commands: Vec<Command>,
+    pub commands: Arc<Vec<Command>>,
 }
 
 impl std::fmt::Display for Batch {

@@ -10,6 +10,8 @@
 //! Bounds: `QUEUE` commands may wait for a batch (callers then wait for
 //! room); `IN_FLIGHT` batches may be proposed at once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,9 @@ pub enum WriteError {
     #[error("{0}")]
     Failed(String),
 }
+
+/// The outcome of an entry handed to the Raft core (`submit_as_leader`).
+pub type PendingWrite = Pin<Box<dyn Future<Output = Result<Vec<CommandResult>, WriteError>> + Send>>;
 
 /// Commands to commit together, in order, in one entry.
 struct Job {
@@ -63,12 +68,37 @@ impl Proposer {
         if self.raft.metrics().borrow().current_leader != Some(self.peers.node_id()) {
             return Err(WriteError::Failed("not the leader any more".into()));
         }
-        let batch = Batch { time_ms: wall_ms(), commands };
+        let batch = Batch { time_ms: wall_ms(), commands: Arc::new(commands) };
         match tokio::time::timeout(self.timeout, self.raft.client_write(batch)).await {
             Ok(Ok(resp)) => Ok((resp.data.0, resp.log_id.index)),
             Ok(Err(e)) => Err(WriteError::Failed(e.to_string())),
             Err(_) => Err(WriteError::NoLeader(self.timeout)),
         }
+    }
+
+    /// Hands `commands` to the Raft core as one entry when this node
+    /// leads, without waiting for the outcome: entries handed over one
+    /// after another are in the log in that order. The returned future
+    /// resolves once the entry is applied here (or failed; then it may
+    /// still be committed). Gives the commands back when this node does
+    /// not lead.
+    pub async fn submit_as_leader(&self, commands: Vec<Command>) -> Result<PendingWrite, Vec<Command>> {
+        if self.raft.metrics().borrow().current_leader != Some(self.peers.node_id()) {
+            return Err(commands);
+        }
+        let batch = Batch { time_ms: wall_ms(), commands: Arc::new(commands) };
+        let timeout = self.timeout;
+        Ok(match self.raft.client_write_ff(batch).await {
+            Ok(rx) => Box::pin(async move {
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(Ok(resp))) => Ok(resp.data.0),
+                    Ok(Ok(Err(e))) => Err(WriteError::Failed(e.to_string())),
+                    Ok(Err(_)) => Err(WriteError::Failed("the Raft core dropped the write".into())),
+                    Err(_) => Err(WriteError::NoLeader(timeout)),
+                }
+            }),
+            Err(e) => Box::pin(std::future::ready(Err(WriteError::Failed(e.to_string())))),
+        })
     }
 
     pub async fn propose(
@@ -78,6 +108,8 @@ impl Proposer {
     ) -> Result<(Vec<CommandResult>, u64), WriteError> {
         let deadline = Instant::now() + self.timeout;
         let retry_safe = commands.iter().all(Command::is_idempotent);
+        // Shared by every attempt (and by openraft's copies of the entry).
+        let commands = Arc::new(commands);
         let unknown = || {
             WriteError::Failed(
                 "outcome unknown: the leader did not answer, the write may be committed".into(),
@@ -145,7 +177,9 @@ impl Proposer {
 
     /// Completes once this node no longer sees `leader` as the leader.
     async fn leader_moves_from(&self, leader: NodeId) {
-        let mut metrics = self.raft.metrics();
+        // The server metrics change with the vote, role, leader or
+        // membership only, not with every entry.
+        let mut metrics = self.raft.server_metrics();
         while metrics.borrow_and_update().current_leader == Some(leader) {
             if metrics.changed().await.is_err() {
                 // Raft stopped: the deadline ends the write.

@@ -5,6 +5,8 @@
 //! command that acts for a connection carries that connection's epoch, so
 //! a connection that was taken over cannot change the new owner's session.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use starling_codec::MqttStr;
 
@@ -85,7 +87,9 @@ pub enum Command {
     /// queues before its publisher is acknowledged. Its expiry is
     /// `expires_in_ms` after the entry's time.
     Enqueue {
-        message: StoredMessage,
+        /// Shared with the queues it is stored in (and with the copies of
+        /// the command a leader makes); encoded as the message itself.
+        message: Arc<StoredMessage>,
         expires_in_ms: Option<u64>,
         targets: Vec<DurableTarget>,
         limits: QueueLimits,

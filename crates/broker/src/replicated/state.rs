@@ -11,6 +11,7 @@
 //! entry's time. There is no timer per session anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use starling_codec::MqttStr;
@@ -177,11 +178,11 @@ impl ReplicatedState {
                 self.tick(now, out);
                 CommandResult::Done
             }
-            Command::Enqueue { message, expires_in_ms, targets, limits } => {
-                let message = StoredMessage {
-                    expires_at_ms: expires_in_ms.map(|ms| now.saturating_add(ms)),
-                    ..message
-                };
+            Command::Enqueue { mut message, expires_in_ms, targets, limits } => {
+                let expires_at_ms = expires_in_ms.map(|ms| now.saturating_add(ms));
+                if message.expires_at_ms != expires_at_ms {
+                    Arc::make_mut(&mut message).expires_at_ms = expires_at_ms;
+                }
                 self.enqueue(message, targets, limits, out)
             }
             Command::Trim { client, seqs } => {
@@ -488,7 +489,7 @@ impl ReplicatedState {
     /// among `targets`, unless it would pass the byte quota.
     fn enqueue(
         &mut self,
-        message: StoredMessage,
+        message: Arc<StoredMessage>,
         targets: Vec<DurableTarget>,
         limits: QueueLimits,
         out: &mut Vec<StateChange>,
@@ -501,7 +502,6 @@ impl ReplicatedState {
             return CommandResult::Enqueued { stored: 0, refused: true };
         }
         let per_session = limits.per_session.min(MAX_PER_SESSION) as usize;
-        let message = std::sync::Arc::new(message);
         let mut stored = 0;
         for t in targets {
             let owner = self.sessions.get(&t.client).and_then(|r| r.owner);

@@ -350,7 +350,7 @@ fn enqueue(
     total_bytes: u64,
 ) -> Command {
     Command::Enqueue {
-        message,
+        message: std::sync::Arc::new(message),
         expires_in_ms: Some(5000),
         targets,
         limits: QueueLimits { per_session, total_bytes },
