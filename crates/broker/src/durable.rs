@@ -292,10 +292,10 @@ mod tests {
     use crate::port::PendingCommit;
     use crate::replicated::{QueueLimits, ReplicatedState, StoredMessage};
 
-    /// A port that records the groups handed to it and completes each one
-    /// when the test says so.
     type Outcome = Result<Vec<CommandResult>, PortError>;
 
+    /// A port that records the groups handed to it and completes each one
+    /// when the test says so.
     #[derive(Default)]
     struct HeldPort {
         /// Per group handed over: its size and how to complete it.
@@ -396,13 +396,11 @@ mod tests {
             waiters.push(io.enqueue(message(n as u8)));
             until("a group per message", || sizes(&port).len() == n + 1).await;
         }
-        let last = io.enqueue(message(99));
+        let _last = io.enqueue(message(99));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(sizes(&port).len(), PIPELINE, "a full pipeline hands nothing more over");
         complete(&port, 0, Ok(vec![CommandResult::Enqueued { stored: 1, refused: false }]));
         until("the waiting message handed over", || sizes(&port).len() == PIPELINE + 1).await;
         assert_eq!(waiters.remove(0).await.unwrap(), Stored::Yes);
-        drop(port);
-        drop(last);
     }
 }

@@ -272,9 +272,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(batch) => {
                         let mut results = Vec::with_capacity(batch.commands.len());
                         let mut changes = Vec::new();
-                        // Moved out when this is the only copy (a follower's
-                        // decoded entry); cloned when the leader's recent
-                        // entries still hold it.
+                        // Moved out when this is the only copy; cloned when
+                        // the log store's recent entries still hold it (the
+                        // usual case: a durable message's clone shares its
+                        // body, only the target list is copied).
                         match Arc::try_unwrap(batch.commands) {
                             Ok(cmds) => {
                                 for cmd in cmds {
