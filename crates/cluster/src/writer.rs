@@ -65,7 +65,7 @@ impl Proposer {
         &self,
         commands: Vec<Command>,
     ) -> Result<(Vec<CommandResult>, u64), WriteError> {
-        if self.raft.metrics().borrow().current_leader != Some(self.peers.node_id()) {
+        if !self.leads() {
             return Err(WriteError::Failed("not the leader any more".into()));
         }
         let batch = Batch { time_ms: wall_ms(), commands: Arc::new(commands) };
@@ -76,6 +76,11 @@ impl Proposer {
         }
     }
 
+    /// Whether this node is the leader, as its Raft core last reported.
+    fn leads(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.peers.node_id())
+    }
+
     /// Hands `commands` to the Raft core as one entry when this node
     /// leads, without waiting for the outcome: entries handed over one
     /// after another are in the log in that order. The returned future
@@ -83,7 +88,7 @@ impl Proposer {
     /// still be committed). Gives the commands back when this node does
     /// not lead.
     pub async fn submit_as_leader(&self, commands: Vec<Command>) -> Result<PendingWrite, Vec<Command>> {
-        if self.raft.metrics().borrow().current_leader != Some(self.peers.node_id()) {
+        if !self.leads() {
             return Err(commands);
         }
         let batch = Batch { time_ms: wall_ms(), commands: Arc::new(commands) };
