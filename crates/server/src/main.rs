@@ -8,6 +8,14 @@ use starling_server::config::{self, Config, DEFAULT_TOML};
 use starling_server::{admin, run, Listeners};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's malloc: under durable load (messages held
+/// in replicated queues, freed in FIFO order while new ones arrive) glibc's
+/// heap fragmented run after run, and its allocator's cost per message
+/// doubled within a minute (docs/bench/notes.md, 2026-12-04); mimalloc
+/// stays flat.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "starling", version, about = "Starling: a clustered MQTT broker")]
 struct Cli {
