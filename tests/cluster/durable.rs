@@ -270,3 +270,72 @@ async fn sent_unacknowledged_messages_survive_a_lost_node() {
     }
     s.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// Publishes `n` QoS 1 messages "`tag`-0".."`tag`-(n-1)" with up to
+/// `window` unacknowledged at a time, until every one is acknowledged.
+async fn publish_windowed(p: &mut RawClient, topic: &str, tag: &str, n: u32, window: u32) {
+    let (mut sent, mut acked) = (0u32, 0u32);
+    while acked < n {
+        while sent < n && sent - acked < window {
+            let id = (sent % 60_000 + 1) as u16;
+            p.publish(topic, format!("{tag}-{sent}").as_bytes(), QoS::AtLeastOnce, false, id).await;
+            sent += 1;
+        }
+        match p.recv().await {
+            Some(Packet::Ack(a)) if a.kind == AckKind::PubAck && !a.reason.is_error() => acked += 1,
+            other => panic!("{tag}: after {acked} acknowledgements: {other:?}"),
+        }
+    }
+}
+
+/// Publishers on a follower with many messages in flight: their durable
+/// groups go to the leader on the follower's ordered submit stream,
+/// several at a time, and every acknowledged message reaches the
+/// subscriber, in each publisher's order.
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_publishes_through_a_follower_arrive_complete_and_in_order() {
+    const N: u32 = 3000;
+    let c = Cluster::start_with(3, &["--set", "mqtt.max_queued_messages=100000"]).await;
+    let leader = c.status(1)["leader"].as_u64().expect("a leader");
+    let mut followers = (1..=3u64).filter(|&n| n != leader);
+    let (via, sub_node) = (followers.next().unwrap(), followers.next().unwrap());
+    let (mut s, _) = RawClient::connect(c.node(sub_node).mqtt, V311, "order-sub", false).await;
+    s.subscribe(1, "order/#", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let before = c.metric(via, "starling_durable_submit_streamed_total").await;
+    let publishers = ["a", "b", "c"].map(|tag| {
+        let addr = c.node(via).mqtt;
+        tokio::spawn(async move {
+            let (mut p, _) = RawClient::connect(addr, V311, &format!("order-pub-{tag}"), true).await;
+            publish_windowed(&mut p, &format!("order/{tag}"), tag, N, 200).await;
+        })
+    });
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let streamed = c.metric(via, "starling_durable_submit_streamed_total").await - before;
+    assert!(streamed > 0.0, "the follower used its submit stream");
+    let (mut s, ack) = RawClient::connect(c.node(sub_node).mqtt, V311, "order-sub", false).await;
+    assert!(ack.session_present);
+    let mut next = std::collections::HashMap::new();
+    let mut received = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received < 3 * N {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let p = s.recv_within(left).await.expect("messages in time").expect("connection");
+        let Packet::Publish(m) = p else { panic!("{p:?}") };
+        let text = std::str::from_utf8(&m.payload).unwrap().to_string();
+        let (tag, i) = text.split_once('-').unwrap();
+        let i: u32 = i.parse().unwrap();
+        let expected = next.entry(tag.to_string()).or_insert(0u32);
+        if i < *expected {
+            assert!(m.dup, "repeated {text} without DUP");
+        } else {
+            assert_eq!(i, *expected, "publisher {tag}'s messages in order");
+            *expected += 1;
+            received += 1;
+        }
+        s.puback(m.packet_id).await;
+    }
+    s.expect_silence(Duration::from_millis(300)).await;
+}

@@ -7,11 +7,10 @@
 //!   publisher's acknowledgement waits for its message's outcome. Groups
 //!   are handed over in the order their messages arrived and the port
 //!   commits them in that order, which keeps every publisher's messages in
-//!   order; up to `PIPELINE` groups are in flight when this node leads
-//!   (measured, durable QoS 1 with one publisher on the three-node bench:
-//!   about 1.3× the rate of one group at a time, docs/benchmarks.md), one
-//!   at a time through a follower (its forwarded writes could overtake
-//!   each other).
+//!   order; up to `PIPELINE` groups are in flight (measured, durable QoS 1
+//!   with one publisher on the three-node bench: about 1.3× the rate of
+//!   one group at a time on the leader, 1.4–1.6× through a follower,
+//!   docs/bench/notes.md).
 //! - the acknowledgement task turns subscribers' PUBACK/PUBCOMP (trim) and
 //!   PUBREC (release) into `Trim` / `MarkReleased` commands, batched per
 //!   session. Trims linger up to `TRIM_LINGER` for company (a release

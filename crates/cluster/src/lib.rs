@@ -32,6 +32,7 @@ pub mod readiness;
 pub mod sm;
 pub mod status;
 pub mod storage;
+pub mod submitter;
 pub mod types;
 pub mod wal;
 pub mod wire;

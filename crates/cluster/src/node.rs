@@ -46,6 +46,7 @@ use crate::readiness::Readiness;
 use crate::sm::{SmShared, StateMachine};
 use crate::status::PeerStats;
 use crate::storage::Store;
+use crate::submitter::Submitter;
 use crate::types::{NodeId, NodeInfo, Raft};
 use crate::writer::{Proposer, Writer};
 
@@ -157,8 +158,10 @@ impl ClusterNode {
             timeout: config.write_timeout,
         };
         let stats = Arc::new(PeerStats::default());
+        let writer = Writer::start(proposer.clone());
         let port = Arc::new(ClusterPort {
-            writer: Writer::start(proposer.clone()),
+            submitter: Submitter::start(proposer.clone(), writer.clone(), stats.clone()),
+            writer,
             proposer: proposer.clone(),
             sm: shared.clone(),
             peers: peers.clone(),

@@ -20,8 +20,8 @@ use crate::pb::admin::admin_client::AdminClient;
 use crate::pb::admin::{AddNodeRequest, AddNodeResponse, AdoptRequest, InfoRequest, InfoResponse};
 use crate::pb::peer::peer_client::PeerClient as PeerGrpc;
 use crate::pb::peer::{
-    ForwardAck, ForwardBatch, ForwardedMessage, PingRequest, RaftMessage, TakeSessionRequest,
-    WaitAppliedRequest, WriteRequest,
+    ForwardAck, ForwardBatch, ForwardedMessage, PingRequest, RaftMessage, SubmitRequest, SubmitResponse,
+    TakeSessionRequest, WaitAppliedRequest, WriteRequest,
 };
 use crate::storage::FORMAT_VERSION;
 use crate::types::NodeId;
@@ -234,6 +234,15 @@ impl PeerClient {
         batches: impl tonic::IntoStreamingRequest<Message = ForwardBatch>,
     ) -> Result<Streaming<ForwardAck>, PeerError> {
         Ok(self.peer(addr)?.forward(batches).await?.into_inner())
+    }
+
+    /// Opens an ordered submit stream to the leader at `addr`.
+    pub async fn open_submit(
+        &self,
+        addr: &str,
+        requests: impl tonic::IntoStreamingRequest<Message = SubmitRequest>,
+    ) -> Result<Streaming<SubmitResponse>, PeerError> {
+        Ok(self.peer(addr)?.submit(requests).await?.into_inner())
     }
 
     /// The identity and addresses of the node at `addr`.

@@ -20,8 +20,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::error::ServiceError;
 use crate::pb::peer::peer_server::Peer;
 use crate::pb::peer::{
-    ForwardAck, ForwardBatch, ForwardedMessage, PingRequest, PingResponse, RaftMessage, TakeSessionRequest,
-    TakeSessionResponse, WaitAppliedRequest, WaitAppliedResponse, WriteRequest, WriteResponse,
+    ForwardAck, ForwardBatch, ForwardedMessage, PingRequest, PingResponse, RaftMessage, SubmitRequest,
+    SubmitResponse, TakeSessionRequest, TakeSessionResponse, WaitAppliedRequest, WaitAppliedResponse,
+    WriteRequest, WriteResponse,
 };
 use crate::readiness::Readiness;
 use crate::sm::SmShared;
@@ -29,7 +30,12 @@ use crate::status::PeerStats;
 use crate::storage::FORMAT_VERSION;
 use crate::types::Raft;
 use crate::wire::{decode_delivery, decode_message, decode_shared, encode_delivery, Corrupt};
-use crate::writer::{Proposer, MAX_HOPS};
+use crate::writer::{PendingWrite, Proposer, WriteError, MAX_HOPS};
+
+/// Submitted groups of one stream handed to the Raft core and not
+/// answered yet; the stream's reader waits (and so does its sender, by
+/// HTTP/2 flow control) while this many are.
+const SUBMIT_WINDOW: usize = 16;
 
 /// The (link id, highest seq) of the forwarded batches delivered from one
 /// node.
@@ -96,6 +102,22 @@ fn deliver(broker: &Broker, m: &ForwardedMessage, now: Instant) -> Result<(), Co
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<ForwardAck, Status>> + Send>>;
+type SubmitStream = Pin<Box<dyn Stream<Item = Result<SubmitResponse, Status>> + Send>>;
+
+fn submit_response(
+    seq: u64,
+    outcome: Result<(Vec<starling_broker::replicated::CommandResult>, u64), WriteError>,
+) -> SubmitResponse {
+    let encoded = outcome.and_then(|(results, log_index)| {
+        bincode::serialize(&results).map(|r| (r, log_index)).map_err(|e| WriteError::Failed(e.to_string()))
+    });
+    match encoded {
+        Ok((results, log_index)) => {
+            SubmitResponse { seq, results: results.into(), log_index, error: String::new() }
+        }
+        Err(e) => SubmitResponse { seq, results: Default::default(), log_index: 0, error: e.to_string() },
+    }
+}
 
 #[tonic::async_trait]
 impl Peer for PeerService {
@@ -140,6 +162,61 @@ impl Peer for PeerService {
             .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let results = bincode::serialize(&results).map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Response::new(WriteResponse { results: results.into(), log_index }))
+    }
+
+    type SubmitStream = SubmitStream;
+
+    /// Hands each group to the Raft core in the order it arrives (so the
+    /// log keeps the sender's order) without waiting for the one before,
+    /// and answers in that order. After a failure nothing more from the
+    /// stream is proposed: the sender opens a new one.
+    async fn submit(&self, req: Request<Streaming<SubmitRequest>>) -> Result<Response<SubmitStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (pending_tx, mut pending_rx) = mpsc::channel::<(u64, PendingWrite)>(SUBMIT_WINDOW);
+        let (tx, rx) = mpsc::channel::<Result<SubmitResponse, Status>>(SUBMIT_WINDOW);
+        let proposer = self.proposer.clone();
+        let stats = self.stats.clone();
+        let refusals = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = inbound.message().await {
+                if let Err(e) = proposer.peers.cluster_id().check(&r.cluster_id, Some(r.format)) {
+                    let _ = refusals.send(Err(e.into())).await;
+                    return;
+                }
+                let commands: Vec<Command> = match bincode::deserialize(&r.commands) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "submitted commands from a peer refused as corrupt");
+                        let status = ServiceError::Corrupt(format!("submitted commands: {e}"));
+                        let _ = refusals.send(Err(status.into())).await;
+                        return;
+                    }
+                };
+                let (pending, led) = match proposer.submit_as_leader(commands).await {
+                    Ok(p) => (p, true),
+                    Err(_) => {
+                        let e = WriteError::Failed("not the leader".into());
+                        (Box::pin(std::future::ready(Err(e))) as PendingWrite, false)
+                    }
+                };
+                if pending_tx.send((r.seq, pending)).await.is_err() || !led {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some((seq, pending)) = pending_rx.recv().await {
+                let resp = submit_response(seq, pending.await);
+                let failed = !resp.error.is_empty();
+                // A failure ends the stream (`pending_rx` dropped: the
+                // reader proposes nothing more).
+                if tx.send(Ok(resp)).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type ForwardStream = AckStream;

@@ -23,6 +23,7 @@ use crate::peer_client::PeerClient;
 use crate::readiness::Readiness;
 use crate::sm::SmShared;
 use crate::status::PeerStats;
+use crate::submitter::Submitter;
 use crate::types::NodeId;
 use crate::wire::decode_delivery;
 use crate::writer::{Proposer, Writer};
@@ -35,6 +36,8 @@ pub struct ClusterPort {
     /// For `submit_all` on the leader (the writer's batches may be
     /// proposed out of order).
     pub proposer: Proposer,
+    /// For `submit_all` on a follower: in order, several in flight.
+    pub submitter: Submitter,
     pub sm: Arc<SmShared>,
     pub peers: PeerClient,
     pub readiness: Arc<Readiness>,
@@ -159,17 +162,18 @@ impl StatePort for ClusterPort {
             let e = PortError::Unavailable("this node is not connected to a quorum".into());
             return Box::pin(std::future::ready(Err(e)));
         }
-        // Leading: straight to the Raft core, in call order, several
-        // entries in flight. Otherwise through the leader, one group at a
-        // time (forwarded writes may overtake each other): committed
-        // before returning.
+        // Leading: straight to the Raft core, in call order. Otherwise on
+        // the submit stream to the leader, which proposes in stream order.
+        // Several entries in flight either way.
         match self.proposer.submit_as_leader(cmds).await {
-            Ok(pending) => {
-                Box::pin(async move { pending.await.map_err(|e| PortError::Unknown(e.to_string())) })
-            }
+            Ok(pending) => Box::pin(async move {
+                pending.await.map(|(results, _)| results).map_err(|e| PortError::Unknown(e.to_string()))
+            }),
             Err(cmds) => {
-                let r = self.commit_all(cmds).await;
-                Box::pin(std::future::ready(r))
+                let answer = self.submitter.submit(cmds).await;
+                Box::pin(async move {
+                    answer.await.unwrap_or_else(|_| Err(PortError::Unknown("node stopping".into())))
+                })
             }
         }
     }

@@ -16,6 +16,12 @@ use crate::types::NodeId;
 pub struct PeerStats {
     /// Forwarded or handed-over messages refused as corrupt.
     pub corrupt: AtomicU64,
+    /// Durable groups this node (a follower) committed through its submit
+    /// stream to the leader.
+    pub submit_streamed: AtomicU64,
+    /// Durable groups sent as forwarded writes instead (a leader without
+    /// the `Submit` RPC).
+    pub submit_forwarded: AtomicU64,
 }
 
 impl ClusterNode {
@@ -101,6 +107,18 @@ impl ClusterNode {
             "Messages from peers refused as corrupt (forwarded or handed over).",
             "counter",
             self.stats.corrupt.load(relaxed),
+        );
+        one(
+            "starling_durable_submit_streamed_total",
+            "Groups of durable messages this node committed through its ordered submit stream to the leader.",
+            "counter",
+            self.stats.submit_streamed.load(relaxed),
+        );
+        one(
+            "starling_durable_submit_forwarded_total",
+            "Groups of durable messages sent to a leader without the submit stream, one at a time.",
+            "counter",
+            self.stats.submit_forwarded.load(relaxed),
         );
         let _ = writeln!(
             s,

@@ -38,8 +38,9 @@ pub enum WriteError {
     Failed(String),
 }
 
-/// The outcome of an entry handed to the Raft core (`submit_as_leader`).
-pub type PendingWrite = Pin<Box<dyn Future<Output = Result<Vec<CommandResult>, WriteError>> + Send>>;
+/// The outcome of an entry handed to the Raft core (`submit_as_leader`):
+/// its commands' results and its log index.
+pub type PendingWrite = Pin<Box<dyn Future<Output = Result<(Vec<CommandResult>, u64), WriteError>> + Send>>;
 
 /// Commands to commit together, in order, in one entry.
 struct Job {
@@ -96,7 +97,7 @@ impl Proposer {
         Ok(match self.raft.client_write_ff(batch).await {
             Ok(rx) => Box::pin(async move {
                 match tokio::time::timeout(timeout, rx).await {
-                    Ok(Ok(Ok(resp))) => Ok(resp.data.0),
+                    Ok(Ok(Ok(resp))) => Ok((resp.data.0, resp.log_id.index)),
                     Ok(Ok(Err(e))) => Err(WriteError::Failed(e.to_string())),
                     Ok(Err(_)) => Err(WriteError::Failed("the Raft core dropped the write".into())),
                     Err(_) => Err(WriteError::NoLeader(timeout)),
@@ -181,7 +182,7 @@ impl Proposer {
     }
 
     /// Completes once this node no longer sees `leader` as the leader.
-    async fn leader_moves_from(&self, leader: NodeId) {
+    pub(crate) async fn leader_moves_from(&self, leader: NodeId) {
         // The server metrics change with the vote, role, leader or
         // membership only, not with every entry.
         let mut metrics = self.raft.server_metrics();
