@@ -18,7 +18,9 @@
 //! upgrade) gets forwarded writes instead, one group at a time.
 //!
 //! Bounds: `QUEUE` groups may wait for the stream (callers then wait for
-//! room), `WINDOW` are in flight on it.
+//! room), `WINDOW` are in flight on it; opening the stream and each
+//! answer wait at most the write timeout (`cluster.write_timeout_ms`),
+//! after which the stream is abandoned as if broken.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -100,21 +102,31 @@ async fn run(p: Proposer, writer: Writer, mut rx: mpsc::Receiver<Job>, stats: Ar
         };
         let (out, out_rx) = mpsc::channel(WINDOW);
         let mut link = Link { p: &p, out, seq: 0, waiting: VecDeque::new(), stats: &stats };
-        link.send(job).await;
-        let inbound = match p.peers.open_submit(&addr, ReceiverStream::new(out_rx)).await {
-            Ok(s) => s,
-            Err(PeerError::Refused { code: Code::Unimplemented, .. }) => {
+        link.send(job);
+        let opened = tokio::time::timeout(p.timeout, p.peers.open_submit(&addr, ReceiverStream::new(out_rx)));
+        let inbound = match opened.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(PeerError::Refused { code: Code::Unimplemented, .. })) => {
                 // An older leader: forwarded writes, one group at a time,
                 // until leadership moves.
                 tracing::debug!(leader = %leader_id, "leader has no Submit stream; forwarding writes");
-                let first = link.waiting.pop_front().map(|(_, j)| j);
+                let first = link.waiting.pop_front().map(|(_, _, j)| j);
                 forward_writes(&p, &writer, leader_id, first, &mut rx, &stats).await;
                 continue;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 // The first group may have gone out before the call failed.
                 link.fail(|| {
                     PortError::Unknown(format!("submit stream to leader {leader_id} not opened: {e}"))
+                });
+                continue;
+            }
+            Err(_) => {
+                link.fail(|| {
+                    PortError::Unknown(format!(
+                        "submit stream to leader {leader_id} not opened within {:?}",
+                        p.timeout
+                    ))
                 });
                 continue;
             }
@@ -128,13 +140,14 @@ struct Link<'a> {
     p: &'a Proposer,
     out: mpsc::Sender<SubmitRequest>,
     seq: u64,
-    /// Sent and unanswered, oldest first, with their sequence numbers.
-    waiting: VecDeque<(u64, Job)>,
+    /// Sent and unanswered, oldest first, with their sequence numbers and
+    /// when they were sent.
+    waiting: VecDeque<(u64, Instant, Job)>,
     stats: &'a PeerStats,
 }
 
 impl Link<'_> {
-    async fn send(&mut self, job: Job) {
+    fn send(&mut self, job: Job) {
         let commands = match bincode::serialize(&job.cmds) {
             Ok(c) => c,
             Err(e) => {
@@ -152,17 +165,18 @@ impl Link<'_> {
         // Room is certain: at most `WINDOW` are unanswered. A closed
         // stream fails the job below with the others.
         let _ = self.out.try_send(req);
-        self.waiting.push_back((self.seq, job));
+        self.waiting.push_back((self.seq, Instant::now(), job));
     }
 
     fn fail(&mut self, error: impl Fn() -> PortError) {
-        for (_, job) in self.waiting.drain(..) {
+        for (_, _, job) in self.waiting.drain(..) {
             let _ = job.reply.send(Err(error()));
         }
     }
 
-    /// Sends jobs and answers them until the stream fails or leadership
-    /// moves; then every unanswered job is failed as of unknown outcome.
+    /// Sends jobs and answers them until the stream fails, leadership
+    /// moves or the oldest unanswered job waited the write timeout; then
+    /// every unanswered job is failed as of unknown outcome.
     async fn serve(
         mut self,
         leader: NodeId,
@@ -172,6 +186,7 @@ impl Link<'_> {
         let moved = self.p.leader_moves_from(leader);
         tokio::pin!(moved);
         let why = loop {
+            let overdue = self.waiting.front().map(|(_, sent, _)| *sent + self.p.timeout);
             tokio::select! {
                 biased;
                 r = inbound.message() => match r {
@@ -184,8 +199,11 @@ impl Link<'_> {
                     Err(e) => break format!("submit stream to leader {leader} broke: {}", e.message()),
                 },
                 () = &mut moved => break format!("leadership moved from {leader}"),
+                () = until(overdue) => {
+                    break format!("no answer from leader {leader} within {:?}", self.p.timeout)
+                }
                 job = rx.recv(), if self.waiting.len() < WINDOW => match job {
-                    Some(job) => self.send(job).await,
+                    Some(job) => self.send(job),
                     None => break "node stopping".to_string(),
                 },
             }
@@ -198,7 +216,7 @@ impl Link<'_> {
 
     /// Answers the oldest job; an error for the stream as a whole.
     fn answer(&mut self, resp: SubmitResponse) -> Result<(), String> {
-        let Some((seq, job)) = self.waiting.pop_front() else {
+        let Some((seq, _, job)) = self.waiting.pop_front() else {
             return Err(format!("an answer ({}) to no request", resp.seq));
         };
         if resp.seq != seq {
@@ -225,6 +243,14 @@ impl Link<'_> {
                 Err(e)
             }
         }
+    }
+}
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
