@@ -106,16 +106,13 @@ type SubmitStream = Pin<Box<dyn Stream<Item = Result<SubmitResponse, Status>> + 
 
 fn submit_response(
     seq: u64,
-    outcome: Result<(Vec<starling_broker::replicated::CommandResult>, u64), WriteError>,
+    outcome: Result<Vec<starling_broker::replicated::CommandResult>, WriteError>,
 ) -> SubmitResponse {
-    let encoded = outcome.and_then(|(results, log_index)| {
-        bincode::serialize(&results).map(|r| (r, log_index)).map_err(|e| WriteError::Failed(e.to_string()))
-    });
+    let encoded = outcome
+        .and_then(|results| bincode::serialize(&results).map_err(|e| WriteError::Failed(e.to_string())));
     match encoded {
-        Ok((results, log_index)) => {
-            SubmitResponse { seq, results: results.into(), log_index, error: String::new() }
-        }
-        Err(e) => SubmitResponse { seq, results: Default::default(), log_index: 0, error: e.to_string() },
+        Ok(results) => SubmitResponse { seq, results: results.into(), error: String::new() },
+        Err(e) => SubmitResponse { seq, results: Default::default(), error: e.to_string() },
     }
 }
 

@@ -166,9 +166,9 @@ impl StatePort for ClusterPort {
         // the submit stream to the leader, which proposes in stream order.
         // Several entries in flight either way.
         match self.proposer.submit_as_leader(cmds).await {
-            Ok(pending) => Box::pin(async move {
-                pending.await.map(|(results, _)| results).map_err(|e| PortError::Unknown(e.to_string()))
-            }),
+            Ok(pending) => {
+                Box::pin(async move { pending.await.map_err(|e| PortError::Unknown(e.to_string())) })
+            }
             Err(cmds) => {
                 let answer = self.submitter.submit(cmds).await;
                 Box::pin(async move {

@@ -81,12 +81,8 @@ impl Submitter {
 async fn leader(p: &Proposer) -> Option<(NodeId, String)> {
     let until = Instant::now() + p.timeout;
     loop {
-        let found = {
-            let m = p.raft.metrics();
-            let m = m.borrow();
-            m.current_leader
-                .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.grpc.clone())))
-        };
+        let leader = p.raft.metrics().borrow().current_leader;
+        let found = leader.and_then(|l| p.member_addr(l).map(|addr| (l, addr)));
         if found.is_some() || Instant::now() >= until {
             return found;
         }

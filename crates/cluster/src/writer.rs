@@ -38,9 +38,8 @@ pub enum WriteError {
     Failed(String),
 }
 
-/// The outcome of an entry handed to the Raft core (`submit_as_leader`):
-/// its commands' results and its log index.
-pub type PendingWrite = Pin<Box<dyn Future<Output = Result<(Vec<CommandResult>, u64), WriteError>> + Send>>;
+/// The outcome of an entry handed to the Raft core (`submit_as_leader`).
+pub type PendingWrite = Pin<Box<dyn Future<Output = Result<Vec<CommandResult>, WriteError>> + Send>>;
 
 /// Commands to commit together, in order, in one entry.
 struct Job {
@@ -77,6 +76,12 @@ impl Proposer {
         }
     }
 
+    /// The gRPC address of member `node`, from the membership the Raft
+    /// core last reported.
+    pub(crate) fn member_addr(&self, node: NodeId) -> Option<String> {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&node).map(|n| n.grpc.clone())
+    }
+
     /// Whether this node is the leader, as its Raft core last reported.
     fn leads(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.peers.node_id())
@@ -97,7 +102,7 @@ impl Proposer {
         Ok(match self.raft.client_write_ff(batch).await {
             Ok(rx) => Box::pin(async move {
                 match tokio::time::timeout(timeout, rx).await {
-                    Ok(Ok(Ok(resp))) => Ok((resp.data.0, resp.log_id.index)),
+                    Ok(Ok(Ok(resp))) => Ok(resp.data.0),
                     Ok(Ok(Err(e))) => Err(WriteError::Failed(e.to_string())),
                     Ok(Err(_)) => Err(WriteError::Failed("the Raft core dropped the write".into())),
                     Err(_) => Err(WriteError::NoLeader(timeout)),
@@ -139,15 +144,7 @@ impl Proposer {
                     }
                 }
                 Some(l) if hops < MAX_HOPS => {
-                    let addr = self
-                        .raft
-                        .metrics()
-                        .borrow()
-                        .membership_config
-                        .membership()
-                        .get_node(&l)
-                        .map(|n| n.grpc.clone());
-                    if let Some(addr) = addr {
+                    if let Some(addr) = self.member_addr(l) {
                         // A leader that died does not answer: rather than
                         // wait for the whole deadline, give up on it as soon
                         // as this node sees leadership move, and retry with
