@@ -4,7 +4,7 @@
 //! the whole cluster restarts — in order, duplicates only at QoS 1 with
 //! DUP set, QoS 2 exactly once, and its expiry counted down throughout.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use starling_codec::{Ack, AckKind, Packet, QoS};
@@ -67,22 +67,28 @@ impl Qos2Receiver {
     }
 }
 
-/// Receives QoS 1 messages until "0".."n-1" all arrived, acknowledging
-/// each; checks order and that every repeat has DUP set.
-async fn receive_qos1_all(s: &mut RawClient, n: u32) {
-    let mut next = 0u32;
-    let mut seen = HashSet::new();
+/// Receives QoS 1 messages until `total` distinct ones arrived,
+/// acknowledging each (e.g. "0".."n-1"). A payload is "i" or "tag-i": per tag, the first
+/// arrival of each i comes in order 0, 1, 2, ..., and every repeat has
+/// DUP set.
+async fn receive_qos1_in_order(s: &mut RawClient, total: u32) {
+    let mut next: HashMap<String, u32> = HashMap::new();
+    let mut received = 0u32;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while next < n {
+    while received < total {
         let left = deadline.saturating_duration_since(Instant::now());
         let p = s.recv_within(left).await.expect("messages in time").expect("connection");
         let Packet::Publish(m) = p else { panic!("{p:?}") };
-        let v: u32 = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
-        if !seen.insert(v) {
-            assert!(m.dup, "duplicate {v} without DUP");
+        let text = std::str::from_utf8(&m.payload).unwrap();
+        let (tag, i) = text.split_once('-').unwrap_or(("", text));
+        let i: u32 = i.parse().unwrap();
+        let expected = next.entry(tag.to_string()).or_default();
+        if i < *expected {
+            assert!(m.dup, "duplicate {text} without DUP");
         } else {
-            assert_eq!(v, next, "in publisher order");
-            next += 1;
+            assert_eq!(i, *expected, "in publisher order ({text})");
+            *expected += 1;
+            received += 1;
         }
         s.puback(m.packet_id).await;
     }
@@ -116,7 +122,7 @@ async fn qos1_messages_outlive_the_node_that_held_the_session() {
     c.kill9(2);
     let (mut s, present) = reconnect(&c, 3, connect_packet(V311, "dur-sub", false)).await;
     assert!(present, "session present after its node died");
-    receive_qos1_all(&mut s, 1000).await;
+    receive_qos1_in_order(&mut s, 1000).await;
     s.expect_silence(Duration::from_millis(300)).await;
 }
 
@@ -205,7 +211,7 @@ async fn a_full_durable_queue_keeps_the_oldest_and_counts_the_rest() {
     let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "full-pub", true).await;
     publish_acknowledged(&mut p, "full/dur", 8, QoS::AtLeastOnce).await;
     let (mut s, _) = RawClient::connect(c.node(3).mqtt, V311, "full-dur", false).await;
-    receive_qos1_all(&mut s, 5).await;
+    receive_qos1_in_order(&mut s, 5).await;
     s.expect_silence(Duration::from_millis(300)).await;
     let dropped = c.metric(2, "starling_durable_queue_full_total").await;
     assert_eq!(dropped, 3.0, "counted on the node that owned the session");
@@ -232,7 +238,7 @@ async fn whole_cluster_restart_keeps_queued_messages() {
     }
     let (mut s, present) = reconnect(&c, 1, connect_packet(V311, "restart-sub", false)).await;
     assert!(present);
-    receive_qos1_all(&mut s, 100).await;
+    receive_qos1_in_order(&mut s, 100).await;
 }
 
 /// Messages sent to a connected subscriber but not yet acknowledged are
@@ -317,25 +323,6 @@ async fn durable_publishes_through_a_follower_arrive_complete_and_in_order() {
     assert!(streamed > 0.0, "the follower used its submit stream");
     let (mut s, ack) = RawClient::connect(c.node(sub_node).mqtt, V311, "order-sub", false).await;
     assert!(ack.session_present);
-    let mut next = std::collections::HashMap::new();
-    let mut received = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while received < 3 * N {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let p = s.recv_within(left).await.expect("messages in time").expect("connection");
-        let Packet::Publish(m) = p else { panic!("{p:?}") };
-        let text = std::str::from_utf8(&m.payload).unwrap().to_string();
-        let (tag, i) = text.split_once('-').unwrap();
-        let i: u32 = i.parse().unwrap();
-        let expected = next.entry(tag.to_string()).or_insert(0u32);
-        if i < *expected {
-            assert!(m.dup, "repeated {text} without DUP");
-        } else {
-            assert_eq!(i, *expected, "publisher {tag}'s messages in order");
-            *expected += 1;
-            received += 1;
-        }
-        s.puback(m.packet_id).await;
-    }
+    receive_qos1_in_order(&mut s, 3 * N).await;
     s.expect_silence(Duration::from_millis(300)).await;
 }
