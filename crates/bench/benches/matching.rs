@@ -22,7 +22,7 @@ fn table() -> Arc<RouteTable> {
                 options: SubscriptionOptions::new(QoS::AtLeastOnce),
                 subscription_id: None,
                 target: RouteTarget::Remote(NodeId(2)),
-                durable: false,
+                durable: None,
             },
         );
     };

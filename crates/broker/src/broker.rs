@@ -155,9 +155,9 @@ impl Broker {
 
     pub fn gauges(&self) -> Gauges {
         let (mut durable_bytes, mut durable_messages) = (0, 0);
-        self.inner.port.read(&mut |s| {
-            durable_bytes = s.queued_bytes();
-            durable_messages = s.queued_messages();
+        self.inner.port.read_queues(&mut |q| {
+            durable_bytes = q.bytes();
+            durable_messages = q.messages();
         });
         Gauges {
             sessions: self.inner.views.registry.len() as u64,

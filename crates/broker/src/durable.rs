@@ -34,10 +34,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ids::ClientId;
+use crate::ids::{ClientId, Incarnation};
 use crate::metrics::Metrics;
 use crate::port::{PendingCommit, PortError, StatePort};
 use crate::replicated::{Command, CommandResult};
+use crate::session::Session;
 
 const ENQUEUE_QUEUE: usize = 65_536;
 const GROUP: usize = 1024;
@@ -72,8 +73,8 @@ struct EnqueueJob {
 }
 
 enum AckOp {
-    Trim(ClientId, u64),
-    Release(ClientId, u64),
+    Trim(ClientId, Incarnation, u64),
+    Release(ClientId, Incarnation, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -123,17 +124,20 @@ impl DurableIo {
         rx
     }
 
-    /// The subscriber is done with durable message `seq` (PUBACK, PUBCOMP,
-    /// or it expired unsent).
-    pub fn trim(&self, client: &ClientId, seq: u64) {
-        if self.acks_tx.try_send(AckOp::Trim(client.clone(), seq)).is_err() {
+    /// The subscriber of `session` is done with durable message `seq`
+    /// (PUBACK, PUBCOMP, or it expired unsent).
+    pub fn trim(&self, session: &Session, seq: u64) {
+        let Some(life) = session.durable() else { return };
+        if self.acks_tx.try_send(AckOp::Trim(session.client_id().clone(), life, seq)).is_err() {
             self.metrics.durable_acks_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// The subscriber answered PUBREC for durable QoS 2 message `seq`.
-    pub fn release(&self, client: &ClientId, seq: u64) {
-        if self.acks_tx.try_send(AckOp::Release(client.clone(), seq)).is_err() {
+    /// The subscriber of `session` answered PUBREC for durable QoS 2
+    /// message `seq`.
+    pub fn release(&self, session: &Session, seq: u64) {
+        let Some(life) = session.durable() else { return };
+        if self.acks_tx.try_send(AckOp::Release(session.client_id().clone(), life, seq)).is_err() {
             self.metrics.durable_acks_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -208,8 +212,8 @@ fn answer(replies: Vec<oneshot::Sender<Stored>>, outcome: Result<Vec<CommandResu
     }
 }
 
-/// Per session: sequences to trim and to release, in arrival order.
-type AckBatch = BTreeMap<ClientId, (Vec<u64>, Vec<u64>)>;
+/// Per session life: sequences to trim and to release, in arrival order.
+type AckBatch = BTreeMap<(ClientId, Incarnation), (Vec<u64>, Vec<u64>)>;
 
 async fn ack_loop(port: Arc<dyn StatePort>, mut rx: mpsc::Receiver<AckOp>, metrics: Arc<Metrics>) {
     let mut pending: AckBatch = BTreeMap::new();
@@ -242,12 +246,17 @@ async fn ack_loop(port: Arc<dyn StatePort>, mut rx: mpsc::Receiver<AckOp>, metri
             held += 1;
         }
         let mut cmds = Vec::new();
-        for (client, (trims, releases)) in &pending {
+        for ((client, incarnation), (trims, releases)) in &pending {
+            let (client, incarnation) = (client.clone(), *incarnation);
             if !releases.is_empty() {
-                cmds.push(Command::MarkReleased { client: client.clone(), seqs: releases.clone() });
+                cmds.push(Command::MarkReleased {
+                    client: client.clone(),
+                    incarnation,
+                    seqs: releases.clone(),
+                });
             }
             if !trims.is_empty() {
-                cmds.push(Command::Trim { client: client.clone(), seqs: trims.clone() });
+                cmds.push(Command::Trim { client, incarnation, seqs: trims.clone() });
             }
         }
         match port.commit_all(cmds).await {
@@ -271,8 +280,8 @@ fn has_release(batch: &AckBatch) -> bool {
 
 fn add(batch: &mut AckBatch, op: AckOp) {
     match op {
-        AckOp::Trim(c, seq) => batch.entry(c).or_default().0.push(seq),
-        AckOp::Release(c, seq) => batch.entry(c).or_default().1.push(seq),
+        AckOp::Trim(c, life, seq) => batch.entry((c, life)).or_default().0.push(seq),
+        AckOp::Release(c, life, seq) => batch.entry((c, life)).or_default().1.push(seq),
     }
 }
 

@@ -89,6 +89,23 @@ impl fmt::Display for Epoch {
     }
 }
 
+/// One life of a persistent session, from the claim that created it to
+/// its end: numbered by the replicated state (1, 2, …, never reused), so
+/// a durable queue names the session life it belongs to and a message
+/// routed to a session that has since ended and begun again (a clean
+/// start) is never queued for the new one.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Incarnation(pub u64);
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 /// Hands out connection epochs for one node.
 #[derive(Debug)]
 pub struct EpochSource {

@@ -184,7 +184,7 @@ impl Broker {
                 options: sub.options,
                 subscription_id: sub.subscription_id,
                 target: RouteTarget::Local(runtime.clone()),
-                durable: runtime.is_durable(),
+                durable: runtime.durable(),
             };
             self.inner.views.routes.insert(&sub.filter, route);
         }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 
-use crate::replicated::{Command, CommandResult, ReplicatedState};
+use crate::replicated::{Command, CommandResult, QueueState, ReplicatedState};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PortError {
@@ -63,4 +63,10 @@ pub trait StatePort: Send + Sync + 'static {
 
     /// Reads the replicated state as applied on this node.
     fn read(&self, f: &mut dyn FnMut(&ReplicatedState));
+
+    /// Reads the durable queues as applied on this node (kept in the
+    /// replicated state unless the implementation keeps them apart).
+    fn read_queues(&self, f: &mut dyn FnMut(&QueueState)) {
+        self.read(&mut |s| f(s.queues()))
+    }
 }

@@ -75,8 +75,10 @@ impl PublishOutcome {
 /// persistent session.
 fn durable_target(route: &Route, msg: &Message) -> Option<DurableTarget> {
     let qos = msg.qos.min(route.options.qos);
-    (route.durable && qos != QoS::AtMostOnce).then(|| DurableTarget {
+    let incarnation = route.durable.filter(|_| qos != QoS::AtMostOnce)?;
+    Some(DurableTarget {
         client: route.client.clone(),
+        incarnation,
         qos,
         retain: route.options.retain_as_published && msg.retain,
         subscription_ids: route.subscription_id.into_iter().collect(),

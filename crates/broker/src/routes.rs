@@ -13,7 +13,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use starling_codec::SubscriptionOptions;
 
-use crate::ids::{ClientId, NodeId};
+use crate::ids::{ClientId, Incarnation, NodeId};
 use crate::session::Session;
 use crate::topic::TopicFilter;
 
@@ -46,9 +46,10 @@ pub struct Route {
     pub options: SubscriptionOptions,
     pub subscription_id: Option<u32>,
     pub target: RouteTarget,
-    /// The session is persistent: its QoS 1/2 messages go to its durable
-    /// queue (replicated) instead of straight to its runtime.
-    pub durable: bool,
+    /// The session is persistent (this life of it): its QoS 1/2 messages
+    /// go to its durable queue (replicated) instead of straight to its
+    /// runtime.
+    pub durable: Option<Incarnation>,
 }
 
 /// Members of one `$share/{group}/{filter}` subscription.
@@ -334,7 +335,7 @@ impl RouteTable {
         filter: &TopicFilter,
         client: &ClientId,
         target: RouteTarget,
-        durable: bool,
+        durable: Option<Incarnation>,
     ) -> bool {
         let levels: Vec<&str> = filter.filter().split('/').collect();
         let mut root = self.root.write();
@@ -375,7 +376,7 @@ mod tests {
             options: SubscriptionOptions::new(QoS::AtLeastOnce),
             subscription_id: None,
             target: RouteTarget::Remote(NodeId(node)),
-            durable: false,
+            durable: None,
         }
     }
 
@@ -455,7 +456,7 @@ mod tests {
     fn retarget_moves_a_route() {
         let t = RouteTable::new();
         t.insert(&tf("a/#"), route("x", 1));
-        assert!(t.retarget(&tf("a/#"), &ClientId::new("x"), RouteTarget::Remote(NodeId(3)), false));
+        assert!(t.retarget(&tf("a/#"), &ClientId::new("x"), RouteTarget::Remote(NodeId(3)), None));
         let mut nodes = Vec::new();
         t.for_each_match("a/b", |m| {
             if let Matched::Route(r) = m {
@@ -465,6 +466,6 @@ mod tests {
             }
         });
         assert_eq!(nodes, vec![3]);
-        assert!(!t.retarget(&tf("b"), &ClientId::new("x"), RouteTarget::Remote(NodeId(3)), false));
+        assert!(!t.retarget(&tf("b"), &ClientId::new("x"), RouteTarget::Remote(NodeId(3)), None));
     }
 }

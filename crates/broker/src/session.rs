@@ -9,7 +9,7 @@
 //! connection performs checks that it is still the owner.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -17,7 +17,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use starling_codec::{QoS, ReasonCode};
 
-use crate::ids::{ClientId, Epoch};
+use crate::ids::{ClientId, Epoch, Incarnation};
 use crate::message::Delivery;
 use crate::metrics::{DropReason, Metrics};
 use crate::replicated::packet_id_for;
@@ -133,7 +133,9 @@ pub struct Session {
     ended: AtomicBool,
     /// The session is persistent: its QoS 1/2 messages come from its
     /// durable queue (replicated), with packet ids from their sequence.
-    durable: AtomicBool,
+    /// Holds the session life (`Incarnation`) the queue belongs to; 0: not
+    /// persistent.
+    durable: AtomicU64,
     /// Bumped whenever the owner is kicked or replaced: a connection
     /// compares it with the value it saw at attach (`kick_for` tells it
     /// more), a lock-free check on every poll.
@@ -185,7 +187,7 @@ impl Session {
             metrics,
             online: AtomicBool::new(false),
             ended: AtomicBool::new(false),
-            durable: AtomicBool::new(false),
+            durable: AtomicU64::new(0),
             kick_gen: AtomicU32::new(0),
             wake: Mutex::new(WakeSlot::default()),
             state: Mutex::new(State { next_packet_id: 1, ..Default::default() }),
@@ -211,13 +213,21 @@ impl Session {
         self.ended.load(Ordering::Acquire)
     }
 
-    pub fn set_durable(&self, durable: bool) {
-        self.durable.store(durable, Ordering::Release);
+    /// Whether the session is persistent, and which life of it this runtime
+    /// holds.
+    pub fn set_durable(&self, durable: Option<Incarnation>) {
+        self.durable.store(durable.map_or(0, |i| i.0), Ordering::Release);
+    }
+
+    /// The session life whose durable queue this runtime delivers, if the
+    /// session is persistent.
+    pub fn durable(&self) -> Option<Incarnation> {
+        Some(self.durable.load(Ordering::Acquire)).filter(|i| *i != 0).map(Incarnation)
     }
 
     /// Whether the session is persistent (see `durable`).
     pub fn is_durable(&self) -> bool {
-        self.durable.load(Ordering::Acquire)
+        self.durable.load(Ordering::Acquire) != 0
     }
 
     /// Makes the session's durable deliveries what the replicated queue

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 /// Incremented whenever the on-disk layout changes incompatibly.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 const FORMAT_KEY: &[u8] = b"format_version";
 const CLUSTER_KEY: &[u8] = b"cluster_id";

@@ -443,9 +443,7 @@ where
                     self.write_packet(&Packet::Ack(Ack::new(AckKind::PubRel, a.packet_id)));
                 }
                 // PUBREL goes out once the release is replicated.
-                PubRecOutcome::Release { seq } => {
-                    self.broker.durable().release(self.session.client_id(), seq)
-                }
+                PubRecOutcome::Release { seq } => self.broker.durable().release(&self.session, seq),
                 PubRecOutcome::Ended { seq } => self.completed(Some(seq)),
                 PubRecOutcome::Unknown => {
                     if !a.reason.is_error() {
@@ -472,7 +470,7 @@ where
     fn completed(&mut self, done: Option<Option<u64>>) {
         let Some(durable) = done else { return };
         if let Some(seq) = durable {
-            self.broker.durable().trim(self.session.client_id(), seq);
+            self.broker.durable().trim(&self.session, seq);
         }
         self.want_drain = true;
     }

@@ -54,7 +54,7 @@ where
     /// leaves its queue too).
     fn discard(&mut self, packet_id: u16) {
         if let Some(seq) = self.session.discard_inflight(packet_id) {
-            self.broker.durable().trim(self.session.client_id(), seq);
+            self.broker.durable().trim(&self.session, seq);
         }
         self.want_drain = true;
     }
@@ -76,7 +76,7 @@ where
             Outgoing::Publish { delivery, packet_id, dup } => {
                 self.send_publish(&delivery, packet_id, dup, now)
             }
-            Outgoing::Expired { seq } => self.broker.durable().trim(self.session.client_id(), seq),
+            Outgoing::Expired { seq } => self.broker.durable().trim(&self.session, seq),
         }
     }
 

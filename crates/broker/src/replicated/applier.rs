@@ -14,12 +14,12 @@ use parking_lot::Mutex;
 use starling_codec::ReasonCode;
 
 use crate::auth::AuthService;
-use crate::ids::{ClientId, Epoch, NodeId};
+use crate::ids::{ClientId, Epoch, Incarnation, NodeId};
 use crate::message::{Delivery, DurableRef};
 use crate::metrics::Metrics;
 use crate::registry::SessionRegistry;
 use crate::replicated::change::StateChange;
-use crate::replicated::queue::QueuedMessage;
+use crate::replicated::queue::{DurableQueue, QueueState, QueuedMessage};
 use crate::replicated::records::{SessionRecord, Subscription};
 use crate::replicated::state::ReplicatedState;
 use crate::retained::RetainedStore;
@@ -135,24 +135,20 @@ impl LocalState {
                 let target = self.target(&client, owner);
                 self.views.routes.insert(&filter, route(client, subscription, target, durable));
             }
-            StateChange::Queued { client, owner, entry } => {
-                if owner == Some(self.node) {
-                    if let Some(r) = self.views.registry.get(&client) {
-                        r.enqueue(durable_delivery(&entry, time_ms, now, false));
-                    }
+            StateChange::Queued { client, incarnation, entry } => {
+                if let Some(r) = self.holder(&client, incarnation) {
+                    r.enqueue(durable_delivery(&entry, time_ms, now, false));
                 }
             }
-            StateChange::QueueFull { owner, qos, .. } => {
-                if owner == Some(self.node) {
+            StateChange::QueueFull { client, incarnation, qos } => {
+                if self.holder(&client, incarnation).is_some() {
                     self.metrics.durable_queue_full.fetch_add(1, Ordering::Relaxed);
                     self.metrics.dropped(crate::metrics::DropReason::QueueFull, qos);
                 }
             }
-            StateChange::Released { client, owner, seqs } => {
-                if owner == Some(self.node) {
-                    if let Some(r) = self.views.registry.get(&client) {
-                        r.release_committed(&seqs);
-                    }
+            StateChange::Released { client, incarnation, seqs } => {
+                if let Some(r) = self.holder(&client, incarnation) {
+                    r.release_committed(&seqs);
                 }
             }
             StateChange::SubscriptionRemoved { client, filter } => {
@@ -173,6 +169,14 @@ impl LocalState {
         }
     }
 
+    /// The runtime of session life `incarnation` of `client`, if this node
+    /// holds it: the one node that delivers its durable queue. Decided here
+    /// rather than from the session record, because the cluster applies
+    /// the queues in a Raft group of their own.
+    fn holder(&self, client: &ClientId, incarnation: Incarnation) -> Option<Arc<Session>> {
+        self.views.registry.get(client).filter(|r| r.durable() == Some(incarnation))
+    }
+
     /// Returns the session's runtime when it is now owned here.
     fn claimed(
         &self,
@@ -180,7 +184,7 @@ impl LocalState {
         epoch: Epoch,
         taken_over: Option<Epoch>,
         filters: &[TopicFilter],
-        durable: bool,
+        durable: Option<Incarnation>,
     ) -> Option<Arc<Session>> {
         if let Some(old) = taken_over.filter(|e| e.node == self.node) {
             self.views.registry.kick(&client, Some(old), ReasonCode::SESSION_TAKEN_OVER);
@@ -225,7 +229,7 @@ impl LocalState {
         owner: Option<NodeId>,
         orphaned: Option<Epoch>,
         filters: Vec<TopicFilter>,
-        durable: bool,
+        durable: Option<Incarnation>,
     ) {
         if let Some(e) = orphaned.filter(|e| e.node == self.node) {
             // This node was declared gone while the client was still
@@ -233,7 +237,11 @@ impl LocalState {
             self.views.registry.kick(&client, Some(e), ReasonCode::USE_ANOTHER_SERVER);
         }
         let target = match owner {
-            Some(n) if n == self.node => RouteTarget::Local(self.runtime(&client)),
+            Some(n) if n == self.node => {
+                let runtime = self.runtime(&client);
+                runtime.set_durable(durable);
+                RouteTarget::Local(runtime)
+            }
             other => {
                 if let Some(s) = self.views.registry.remove(&client) {
                     match other {
@@ -285,10 +293,38 @@ impl LocalState {
         }
     }
 
+    /// Where the queues are kept apart from the session records (the
+    /// cluster's queue group): makes the durable deliveries of the runtime
+    /// holding life `incarnation` of `client` what `queue` holds (a claim
+    /// loads it this way). `time_ms`: the replicated time now.
+    pub fn load_queue(
+        &self,
+        client: &ClientId,
+        incarnation: Incarnation,
+        queue: Option<&DurableQueue>,
+        time_ms: u64,
+    ) {
+        let Some(r) = self.holder(client, incarnation) else { return };
+        let now = Instant::now();
+        let entries = queue.into_iter().flat_map(|q| q.entries().iter());
+        r.load_durable(entries.map(|e| (durable_delivery(e, time_ms, now, true), e.released)).collect());
+    }
+
+    /// Where the queues are kept apart: every durable runtime here takes
+    /// its queue from a whole new queue state (start, snapshot install).
+    pub fn reload_queues(&self, queues: &QueueState, time_ms: u64) {
+        for r in self.views.registry.all() {
+            if let Some(life) = r.durable() {
+                self.load_queue(r.client_id(), life, queues.of(r.client_id(), life), time_ms);
+            }
+        }
+    }
+
     /// Makes the route of `client` for `filter` what its applied session
     /// record says (a provisional route taken back).
     pub fn restore_route(&self, rec: Option<&SessionRecord>, client: &ClientId, filter: &TopicFilter) {
-        match rec.and_then(|r| r.subscriptions.get(filter).map(|s| (*s, r.owner, r.expiry_interval > 0))) {
+        let durable = |r: &SessionRecord| (r.expiry_interval > 0).then_some(r.incarnation);
+        match rec.and_then(|r| r.subscriptions.get(filter).map(|s| (*s, r.owner, durable(r)))) {
             Some((sub, owner, durable)) => {
                 let target = self.target(client, owner);
                 self.views.routes.insert(filter, route(client.clone(), sub, target, durable));
@@ -322,13 +358,13 @@ impl LocalState {
         }
         for (client, rec) in state.sessions() {
             let target = self.target(client, rec.owner);
-            let durable = rec.expiry_interval > 0;
+            let durable = (rec.expiry_interval > 0).then_some(rec.incarnation);
             for (filter, sub) in &rec.subscriptions {
                 self.views.routes.insert(filter, route(client.clone(), *sub, target.clone(), durable));
             }
             if let RouteTarget::Local(r) = &target {
                 r.set_durable(durable);
-                if let Some(q) = state.queue(client) {
+                if let Some(q) = state.queues().of(client, rec.incarnation) {
                     let entries = q
                         .entries()
                         .iter()
@@ -340,7 +376,7 @@ impl LocalState {
     }
 }
 
-fn route(client: ClientId, sub: Subscription, target: RouteTarget, durable: bool) -> Route {
+fn route(client: ClientId, sub: Subscription, target: RouteTarget, durable: Option<Incarnation>) -> Route {
     Route { client, options: sub.options, subscription_id: sub.id, target, durable }
 }
 

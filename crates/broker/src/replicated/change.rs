@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use starling_codec::{MqttStr, QoS};
 
 use crate::auth::AclRule;
-use crate::ids::{ClientId, Epoch, NodeId};
+use crate::ids::{ClientId, Epoch, Incarnation, NodeId};
 use crate::replicated::queue::QueuedMessage;
 use crate::replicated::records::{StoredMessage, Subscription};
 use crate::topic::TopicFilter;
@@ -23,14 +23,15 @@ pub enum StateChange {
     /// "session taken over". `filters`: the subscriptions the session
     /// kept (resumed), whose routes now lead to the new owner; `durable`:
     /// the session is persistent (its QoS 1/2 messages are queued in the
-    /// replicated state); `queued`: what its durable queue holds, for the
-    /// new owner to deliver.
+    /// replicated state), and which life of it this is; `queued`: what its
+    /// durable queue holds, for the new owner to deliver (empty where the
+    /// queues are kept apart from the sessions: the owner loads them).
     SessionClaimed {
         client: ClientId,
         epoch: Epoch,
         taken_over: Option<Epoch>,
         filters: Vec<TopicFilter>,
-        durable: bool,
+        durable: Option<Incarnation>,
         queued: Vec<QueuedMessage>,
     },
     /// The session changed hands without a connection (its node was
@@ -42,7 +43,7 @@ pub enum StateChange {
         owner: Option<NodeId>,
         orphaned: Option<Epoch>,
         filters: Vec<TopicFilter>,
-        durable: bool,
+        durable: Option<Incarnation>,
     },
     /// The session no longer exists (expiry 0 release, clean start,
     /// expiry, node reset of a clean session).
@@ -55,7 +56,7 @@ pub enum StateChange {
         owner: Option<NodeId>,
         filter: TopicFilter,
         subscription: Subscription,
-        durable: bool,
+        durable: Option<Incarnation>,
     },
     SubscriptionRemoved {
         client: ClientId,
@@ -72,22 +73,24 @@ pub enum StateChange {
         message: StoredMessage,
         counted_by: Option<NodeId>,
     },
-    /// A message entered the durable queue of `client`; its owner delivers it.
+    /// A message entered the durable queue of `client` (session life
+    /// `incarnation`); the node holding that session's runtime delivers it.
     Queued {
         client: ClientId,
-        owner: Option<NodeId>,
+        incarnation: Incarnation,
         entry: QueuedMessage,
     },
     /// A message for `client` was dropped: its durable queue is full.
     QueueFull {
         client: ClientId,
-        owner: Option<NodeId>,
+        incarnation: Incarnation,
         qos: QoS,
     },
-    /// PUBREC of these QoS 2 messages is recorded: the owner may send PUBREL.
+    /// PUBREC of these QoS 2 messages is recorded: the session's runtime
+    /// may send PUBREL.
     Released {
         client: ClientId,
-        owner: Option<NodeId>,
+        incarnation: Incarnation,
         seqs: Vec<u64>,
     },
     UsersChanged(BTreeMap<String, String>),

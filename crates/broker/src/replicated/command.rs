@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use starling_codec::MqttStr;
 
 use crate::auth::AclRule;
-use crate::ids::{ClientId, Epoch, NodeId};
+use crate::ids::{ClientId, Epoch, Incarnation, NodeId};
 use crate::replicated::queue::{DurableTarget, QueueLimits};
 use crate::replicated::records::{StoredMessage, Subscription};
 use crate::topic::TopicFilter;
@@ -94,16 +94,26 @@ pub enum Command {
         targets: Vec<DurableTarget>,
         limits: QueueLimits,
     },
-    /// These queued messages are done with (PUBACK, PUBCOMP, expired).
+    /// These queued messages of session life `incarnation` are done with
+    /// (PUBACK, PUBCOMP, expired).
     Trim {
         client: ClientId,
+        incarnation: Incarnation,
         seqs: Vec<u64>,
     },
     /// The subscriber answered PUBREC for these QoS 2 messages: from now on
     /// only PUBREL is resent for them.
     MarkReleased {
         client: ClientId,
+        incarnation: Incarnation,
         seqs: Vec<u64>,
+    },
+    /// These session lives ended: their durable queues go. (Where the
+    /// queues are kept with the session records, a session's end takes its
+    /// queue at once; the cluster keeps them in a Raft group of their own
+    /// and proposes this for the lives that ended.)
+    DropQueues {
+        lives: Vec<(ClientId, Incarnation)>,
     },
     /// Adds or replaces a user (argon2id hash).
     UserSet {
@@ -125,9 +135,6 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether a client may rely on the change being in force on every
-    /// live node once it is acknowledged: a SUBACK (no subscribe race),
-    /// users and ACL rules (security state).
     /// Whether applying it twice is the same as once. A write whose first
     /// attempt may have been committed is only tried again if all its
     /// commands are (a message stored twice would be delivered twice).
@@ -135,6 +142,9 @@ impl Command {
         !matches!(self, Command::Enqueue { .. } | Command::AclAdd { .. })
     }
 
+    /// Whether a client may rely on the change being in force on every
+    /// live node once it is acknowledged: a SUBACK (no subscribe race),
+    /// users and ACL rules (security state).
     pub fn needs_every_node(&self) -> bool {
         matches!(
             self,
@@ -143,6 +153,18 @@ impl Command {
                 | Command::UserRemove { .. }
                 | Command::AclAdd { .. }
                 | Command::AclRemove { .. }
+        )
+    }
+
+    /// Whether it changes the durable queues only (what the cluster's queue
+    /// group applies).
+    pub fn is_queue_change(&self) -> bool {
+        matches!(
+            self,
+            Command::Enqueue { .. }
+                | Command::Trim { .. }
+                | Command::MarkReleased { .. }
+                | Command::DropQueues { .. }
         )
     }
 }

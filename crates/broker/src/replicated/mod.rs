@@ -28,7 +28,10 @@ mod tests;
 pub use applier::{LocalState, Views};
 pub use change::StateChange;
 pub use command::{Command, CommandResult, WillOnRelease};
-pub use queue::{packet_id_for, DurableQueue, DurableTarget, QueueLimits, QueuedMessage, MAX_PER_SESSION};
+pub use queue::{
+    packet_id_for, DurableQueue, DurableTarget, QueueGroupState, QueueLimits, QueueState, QueuedMessage,
+    MAX_PER_SESSION,
+};
 pub use records::{expires_in_ms, SessionRecord, StoredMessage, Subscription};
 pub use state::ReplicatedState;
 

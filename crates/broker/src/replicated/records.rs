@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use starling_codec::{MqttStr, QoS, SubscriptionOptions};
 
-use crate::ids::{ClientId, Epoch, NodeId};
+use crate::ids::{ClientId, Epoch, Incarnation, NodeId};
 use crate::message::{Message, MessageProperties};
 use crate::topic::TopicFilter;
 use crate::will::WillSpec;
@@ -37,6 +37,8 @@ pub struct SessionRecord {
     pub owner: Option<NodeId>,
     /// The connection that last claimed the session.
     pub epoch: Epoch,
+    /// This life of the session (a clean start begins another).
+    pub incarnation: Incarnation,
     pub connected: bool,
     /// Seconds after disconnect before the session ends (`u32::MAX`: never).
     pub expiry_interval: u32,

@@ -11,16 +11,15 @@
 //! entry's time. There is no timer per session anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use starling_codec::MqttStr;
 
 use crate::auth::AclRule;
-use crate::ids::{ClientId, Epoch, NodeId};
+use crate::ids::{ClientId, Epoch, Incarnation, NodeId};
 use crate::replicated::change::StateChange;
 use crate::replicated::command::{Command, CommandResult, WillOnRelease};
-use crate::replicated::queue::{cost_for, DurableQueue, DurableTarget, QueueLimits, MAX_PER_SESSION};
+use crate::replicated::queue::QueueState;
 use crate::replicated::records::{SessionRecord, StoredMessage, Subscription};
 use crate::topic::TopicFilter;
 use crate::will::WillSpec;
@@ -39,15 +38,15 @@ pub struct ReplicatedState {
     users: BTreeMap<String, String>,
     /// ACL rules managed with `starling acl ...`, in evaluation order.
     acl: Vec<AclRule>,
-    /// Durable queues of persistent sessions (queue.rs).
-    queues: BTreeMap<ClientId, DurableQueue>,
+    /// Session lives begun so far: the last `Incarnation` handed out.
+    sessions_begun: u64,
+    /// Durable queues of persistent sessions (queue.rs). The cluster keeps
+    /// them in a Raft group of their own; a single process keeps them here.
+    queues: QueueState,
     /// (due time, client) of every session with a delayed will or an
     /// expiry ahead. Derived from `sessions`; rebuilt when read back.
     #[serde(skip)]
     due: BTreeSet<(u64, ClientId)>,
-    /// Bytes the durable queues hold (derived).
-    #[serde(skip)]
-    queued_bytes: u64,
 }
 
 /// The stored form: the state without its derived index.
@@ -59,13 +58,13 @@ struct StateData {
     time_ms: u64,
     users: BTreeMap<String, String>,
     acl: Vec<AclRule>,
-    queues: BTreeMap<ClientId, DurableQueue>,
+    sessions_begun: u64,
+    queues: QueueState,
 }
 
 impl From<StateData> for ReplicatedState {
     fn from(d: StateData) -> ReplicatedState {
         let due = d.sessions.iter().filter_map(|(c, r)| r.next_due_ms().map(|t| (t, c.clone()))).collect();
-        let queued_bytes = d.queues.values().map(DurableQueue::bytes).sum();
         ReplicatedState {
             sessions: d.sessions,
             retained: d.retained,
@@ -73,9 +72,9 @@ impl From<StateData> for ReplicatedState {
             time_ms: d.time_ms,
             users: d.users,
             acl: d.acl,
+            sessions_begun: d.sessions_begun,
             queues: d.queues,
             due,
-            queued_bytes,
         }
     }
 }
@@ -118,19 +117,15 @@ impl ReplicatedState {
         &self.acl
     }
 
-    /// The durable queue of `client`, if it has one.
-    pub fn queue(&self, client: &ClientId) -> Option<&DurableQueue> {
-        self.queues.get(client)
+    /// Session lives begun so far: every `Incarnation` up to this one was
+    /// handed out by a claim applied here.
+    pub fn sessions_begun(&self) -> u64 {
+        self.sessions_begun
     }
 
-    /// Bytes all durable queues hold.
-    pub fn queued_bytes(&self) -> u64 {
-        self.queued_bytes
-    }
-
-    /// Messages all durable queues hold.
-    pub fn queued_messages(&self) -> u64 {
-        self.queues.values().map(|q| q.len() as u64).sum()
+    /// The durable queues kept in this state.
+    pub fn queues(&self) -> &QueueState {
+        &self.queues
     }
 
     /// The earliest delayed will or session expiry ahead (replicated time).
@@ -178,28 +173,21 @@ impl ReplicatedState {
                 self.tick(now, out);
                 CommandResult::Done
             }
-            Command::Enqueue { mut message, expires_in_ms, targets, limits } => {
-                let expires_at_ms = expires_in_ms.map(|ms| now.saturating_add(ms));
-                if message.expires_at_ms != expires_at_ms {
-                    Arc::make_mut(&mut message).expires_at_ms = expires_at_ms;
-                }
-                self.enqueue(message, targets, limits, out)
+            Command::Enqueue { message, expires_in_ms, targets, limits } => {
+                // Here the session records are at hand: only the current
+                // life of a persistent session gets the message.
+                let targets = targets
+                    .into_iter()
+                    .filter(|t| {
+                        self.sessions
+                            .get(&t.client)
+                            .is_some_and(|r| r.expiry_interval > 0 && r.incarnation == t.incarnation)
+                    })
+                    .collect();
+                self.queues.apply(now, Command::Enqueue { message, expires_in_ms, targets, limits }, out)
             }
-            Command::Trim { client, seqs } => {
-                if let Some(q) = self.queues.get_mut(&client) {
-                    self.queued_bytes -= q.trim(&seqs);
-                }
-                CommandResult::Done
-            }
-            Command::MarkReleased { client, seqs } => {
-                if let Some(q) = self.queues.get_mut(&client) {
-                    let seqs = q.release(&seqs);
-                    if !seqs.is_empty() {
-                        let owner = self.sessions.get(&client).and_then(|r| r.owner);
-                        out.push(StateChange::Released { client, owner, seqs });
-                    }
-                }
-                CommandResult::Done
+            cmd @ (Command::Trim { .. } | Command::MarkReleased { .. } | Command::DropQueues { .. }) => {
+                self.queues.apply(now, cmd, out)
             }
             Command::UserSet { name, hash } => {
                 self.users.insert(name, hash);
@@ -229,9 +217,11 @@ impl ReplicatedState {
     }
 
     fn claim(&mut self, now: u64, c: Claim, out: &mut Vec<StateChange>) -> CommandResult {
-        let durable = c.expiry_interval > 0;
+        let persistent = c.expiry_interval > 0;
         let Some(prev) = self.sessions.get(&c.client) else {
-            self.insert_session(c.client.clone(), new_record(&c));
+            let rec = self.new_record(&c);
+            let durable = persistent.then_some(rec.incarnation);
+            self.insert_session(c.client.clone(), rec);
             out.push(StateChange::SessionClaimed {
                 client: c.client,
                 epoch: c.epoch,
@@ -261,7 +251,9 @@ impl ReplicatedState {
         }
         if c.clean_start {
             self.end_session(&c.client, false, out);
-            self.insert_session(c.client.clone(), new_record(&c));
+            let rec = self.new_record(&c);
+            let durable = persistent.then_some(rec.incarnation);
+            self.insert_session(c.client.clone(), rec);
             out.push(StateChange::SessionClaimed {
                 client: c.client,
                 epoch: c.epoch,
@@ -272,7 +264,7 @@ impl ReplicatedState {
             });
             return CommandResult::Claimed { session_present: false, previous_owner };
         }
-        let filters = self
+        let (filters, incarnation) = self
             .update_session(&c.client, |rec| {
                 rec.owner = Some(c.epoch.node);
                 rec.epoch = c.epoch;
@@ -281,11 +273,15 @@ impl ReplicatedState {
                 rec.disconnected_at_ms = None;
                 rec.will = c.will;
                 rec.will_due_ms = None;
-                rec.filters()
+                (rec.filters(), rec.incarnation)
             })
             .unwrap_or_default();
-        let queued =
-            self.queues.get(&c.client).map(|q| q.entries().iter().cloned().collect()).unwrap_or_default();
+        let durable = persistent.then_some(incarnation);
+        let queued = self
+            .queues
+            .of(&c.client, incarnation)
+            .map(|q| q.entries().iter().cloned().collect())
+            .unwrap_or_default();
         out.push(StateChange::SessionClaimed {
             client: c.client,
             epoch: c.epoch,
@@ -348,7 +344,7 @@ impl ReplicatedState {
             return CommandResult::NotOwner;
         };
         let mut existed = Vec::with_capacity(subs.len());
-        let durable = rec.expiry_interval > 0;
+        let durable = (rec.expiry_interval > 0).then_some(rec.incarnation);
         for (filter, subscription) in subs {
             existed.push(rec.subscriptions.insert(filter.clone(), subscription).is_some());
             out.push(StateChange::SubscriptionAdded {
@@ -427,13 +423,13 @@ impl ReplicatedState {
                         owner: None,
                         orphaned: Some(epoch),
                         filters: Vec::new(),
-                        durable: false,
+                        durable: None,
                     });
                 }
                 self.end_session(&client, false, out);
                 continue;
             }
-            let filters = self
+            let (filters, incarnation) = self
                 .update_session(&client, |rec| {
                     if rec.connected {
                         rec.connected = false;
@@ -444,7 +440,7 @@ impl ReplicatedState {
                         rec.will_due_ms = will_due;
                     }
                     rec.owner = adopter;
-                    rec.filters()
+                    (rec.filters(), rec.incarnation)
                 })
                 .unwrap_or_default();
             out.push(StateChange::SessionAdopted {
@@ -452,7 +448,7 @@ impl ReplicatedState {
                 owner: adopter,
                 orphaned,
                 filters,
-                durable: true,
+                durable: Some(incarnation),
             });
         }
     }
@@ -485,44 +481,9 @@ impl ReplicatedState {
         }
     }
 
-    /// Stores a durable message in the queues of the persistent sessions
-    /// among `targets`, unless it would pass the byte quota.
-    fn enqueue(
-        &mut self,
-        message: Arc<StoredMessage>,
-        targets: Vec<DurableTarget>,
-        limits: QueueLimits,
-        out: &mut Vec<StateChange>,
-    ) -> CommandResult {
-        let targets: Vec<DurableTarget> = targets
-            .into_iter()
-            .filter(|t| self.sessions.get(&t.client).is_some_and(|r| r.expiry_interval > 0))
-            .collect();
-        if self.queued_bytes + cost_for(&message, targets.len()) > limits.total_bytes {
-            return CommandResult::Enqueued { stored: 0, refused: true };
-        }
-        let per_session = limits.per_session.min(MAX_PER_SESSION) as usize;
-        let mut stored = 0;
-        for t in targets {
-            let owner = self.sessions.get(&t.client).and_then(|r| r.owner);
-            let q = self.queues.entry(t.client.clone()).or_default();
-            if q.len() >= per_session {
-                out.push(StateChange::QueueFull { client: t.client, owner, qos: t.qos });
-                continue;
-            }
-            let entry = q.push(message.clone(), &t);
-            self.queued_bytes += cost_for(&message, 1);
-            stored += 1;
-            out.push(StateChange::Queued { client: t.client, owner, entry });
-        }
-        CommandResult::Enqueued { stored, refused: false }
-    }
-
     fn end_session(&mut self, client: &ClientId, expired: bool, out: &mut Vec<StateChange>) {
-        if let Some(q) = self.queues.remove(client) {
-            self.queued_bytes -= q.bytes();
-        }
         if let Some(rec) = self.remove_session(client) {
+            self.queues.drop_queue(client, rec.incarnation);
             for filter in rec.subscriptions.into_keys() {
                 out.push(StateChange::SubscriptionRemoved { client: client.clone(), filter });
             }
@@ -573,17 +534,20 @@ impl ReplicatedState {
         }
         Some(r)
     }
-}
 
-fn new_record(c: &Claim) -> SessionRecord {
-    SessionRecord {
-        owner: Some(c.epoch.node),
-        epoch: c.epoch,
-        connected: true,
-        expiry_interval: c.expiry_interval,
-        disconnected_at_ms: None,
-        will: c.will.clone(),
-        will_due_ms: None,
-        subscriptions: BTreeMap::new(),
+    /// The record of a session life that begins with claim `c`.
+    fn new_record(&mut self, c: &Claim) -> SessionRecord {
+        self.sessions_begun += 1;
+        SessionRecord {
+            owner: Some(c.epoch.node),
+            epoch: c.epoch,
+            incarnation: Incarnation(self.sessions_begun),
+            connected: true,
+            expiry_interval: c.expiry_interval,
+            disconnected_at_ms: None,
+            will: c.will.clone(),
+            will_due_ms: None,
+            subscriptions: BTreeMap::new(),
+        }
     }
 }

@@ -6,9 +6,9 @@ use starling_codec::{QoS, SubscriptionOptions};
 
 use super::*;
 use crate::auth::{Access, AclRule, Action};
-use crate::ids::{ClientId, Epoch, NodeId};
+use crate::ids::{ClientId, Epoch, Incarnation, NodeId};
 use crate::message::MessageProperties;
-use crate::replicated::{packet_id_for, DurableTarget, QueueLimits};
+use crate::replicated::{packet_id_for, DurableTarget, QueueGroupState, QueueLimits};
 use crate::topic::{TopicFilter, STORED_LIMITS};
 use crate::will::WillSpec;
 
@@ -78,7 +78,7 @@ fn claim_resume_and_takeover() {
             epoch: ep(2, 5),
             taken_over: Some(ep(1, 1)),
             filters: vec![f("a/#")],
-            durable: true,
+            durable: Some(Incarnation(1)),
             queued: vec![],
         }]
     );
@@ -198,7 +198,7 @@ fn node_reset_publishes_wills_ends_clean_sessions_and_moves_persistent_ones() {
         owner: None,
         orphaned: Some(ep(2, 1)),
         filters: vec![],
-        durable: false,
+        durable: None,
     }));
     assert!(s.session(&c("a")).is_none());
     // b: will scheduled, session adopted by node 1 with its routes.
@@ -209,7 +209,7 @@ fn node_reset_publishes_wills_ends_clean_sessions_and_moves_persistent_ones() {
         owner: Some(NodeId(1)),
         orphaned: Some(ep(2, 2)),
         filters: vec![f("t")],
-        durable: true,
+        durable: Some(s.session(&c("b")).unwrap().incarnation),
     }));
     assert!(s.session(&c("other")).unwrap().connected, "other nodes' sessions untouched");
     // The delayed will comes due.
@@ -339,8 +339,15 @@ fn stored(payload: &'static [u8]) -> StoredMessage {
     }
 }
 
-fn target(client: &str, qos: QoS) -> DurableTarget {
-    DurableTarget { client: c(client), qos, retain: false, subscription_ids: vec![] }
+/// A target of session life `life` (lives are numbered in claim order).
+fn target(client: &str, life: u64, qos: QoS) -> DurableTarget {
+    DurableTarget {
+        client: c(client),
+        incarnation: Incarnation(life),
+        qos,
+        retain: false,
+        subscription_ids: vec![],
+    }
 }
 
 fn enqueue(
@@ -369,9 +376,9 @@ fn durable_queues_store_trim_release_and_follow_the_session() {
         enqueue(
             stored(b"a"),
             vec![
-                target("p", QoS::AtLeastOnce),
-                target("clean", QoS::AtLeastOnce),
-                target("gone", QoS::AtLeastOnce),
+                target("p", 1, QoS::AtLeastOnce),
+                target("clean", 2, QoS::AtLeastOnce),
+                target("gone", 3, QoS::AtLeastOnce),
             ],
             10,
             1 << 20,
@@ -379,22 +386,24 @@ fn durable_queues_store_trim_release_and_follow_the_session() {
     );
     assert_eq!(r, CommandResult::Enqueued { stored: 1, refused: false });
     assert!(
-        matches!(&out[..], [StateChange::Queued { entry, owner: Some(NodeId(1)), .. }] if entry.seq == 1 && entry.message.expires_at_ms == Some(7000))
+        matches!(&out[..], [StateChange::Queued { entry, incarnation: Incarnation(1), .. }] if entry.seq == 1 && entry.message.expires_at_ms == Some(7000))
     );
-    run(&mut s, 2000, enqueue(stored(b"b"), vec![target("p", QoS::ExactlyOnce)], 10, 1 << 20));
-    assert_eq!(s.queued_messages(), 2);
-    let bytes = s.queued_bytes();
+    run(&mut s, 2000, enqueue(stored(b"b"), vec![target("p", 1, QoS::ExactlyOnce)], 10, 1 << 20));
+    assert_eq!(s.queues().messages(), 2);
+    let bytes = s.queues().bytes();
     // PUBREC of the QoS 2 one is recorded; its PUBREL may then go.
-    let (_, out) = run(&mut s, 3000, Command::MarkReleased { client: c("p"), seqs: vec![2, 1] });
+    let life = Incarnation(1);
+    let (_, out) =
+        run(&mut s, 3000, Command::MarkReleased { client: c("p"), incarnation: life, seqs: vec![2, 1] });
     assert_eq!(
         out,
-        vec![StateChange::Released { client: c("p"), owner: Some(NodeId(1)), seqs: vec![2] }],
+        vec![StateChange::Released { client: c("p"), incarnation: life, seqs: vec![2] }],
         "only QoS 2 releases"
     );
     // A takeover elsewhere carries the queue to the new owner.
     let (_, out) = run(&mut s, 4000, claim_cmd("p", ep(3, 1), false, 60, None));
     match &out[0] {
-        StateChange::SessionClaimed { queued, durable: true, .. } => {
+        StateChange::SessionClaimed { queued, durable: Some(Incarnation(1)), .. } => {
             assert_eq!(
                 queued.iter().map(|e| (e.seq, e.released)).collect::<Vec<_>>(),
                 vec![(1, false), (2, true)]
@@ -403,12 +412,59 @@ fn durable_queues_store_trim_release_and_follow_the_session() {
         other => panic!("{other:?}"),
     }
     // Acknowledged messages leave; the bytes follow.
-    run(&mut s, 5000, Command::Trim { client: c("p"), seqs: vec![1] });
-    assert_eq!(s.queued_messages(), 1);
-    assert!(s.queued_bytes() < bytes);
+    run(&mut s, 5000, Command::Trim { client: c("p"), incarnation: life, seqs: vec![1] });
+    assert_eq!(s.queues().messages(), 1);
+    assert!(s.queues().bytes() < bytes);
     // The session's end takes its queue.
     run(&mut s, 6000, claim_cmd("p", ep(3, 2), true, 0, None));
-    assert_eq!((s.queued_messages(), s.queued_bytes()), (0, 0));
+    assert_eq!((s.queues().messages(), s.queues().bytes()), (0, 0));
+}
+
+#[test]
+fn a_message_routed_to_an_ended_session_life_is_not_queued_for_the_next() {
+    let mut s = ReplicatedState::default();
+    run(&mut s, 1000, claim_cmd("p", ep(1, 1), false, 60, None));
+    // A clean start begins life 2; a publisher whose routes still named
+    // life 1 must not fill the new session's queue.
+    run(&mut s, 1000, claim_cmd("p", ep(1, 2), true, 60, None));
+    assert_eq!(s.session(&c("p")).unwrap().incarnation, Incarnation(2));
+    let (r, out) =
+        run(&mut s, 2000, enqueue(stored(b"old"), vec![target("p", 1, QoS::AtLeastOnce)], 10, 1 << 20));
+    assert_eq!((r, out), (CommandResult::Enqueued { stored: 0, refused: false }, vec![]));
+    let (r, _) =
+        run(&mut s, 2000, enqueue(stored(b"new"), vec![target("p", 2, QoS::AtLeastOnce)], 10, 1 << 20));
+    assert_eq!(r, CommandResult::Enqueued { stored: 1, refused: false });
+    // A trim of the old life leaves the new life's queue alone.
+    run(&mut s, 3000, Command::Trim { client: c("p"), incarnation: Incarnation(1), seqs: vec![1] });
+    assert_eq!(s.queues().messages(), 1);
+}
+
+#[test]
+fn queues_apart_from_the_sessions_follow_the_newest_life() {
+    // The rules a queue group applies without the session records.
+    let mut g = QueueGroupState::default();
+    let mut out = Vec::new();
+    let mut put = |g: &mut QueueGroupState, life| {
+        g.apply(1000, enqueue(stored(b"m"), vec![target("p", life, QoS::AtLeastOnce)], 10, 1 << 20), &mut out)
+    };
+    put(&mut g, 3);
+    put(&mut g, 3);
+    // An older life's message is ignored; a newer life replaces the queue.
+    assert_eq!(put(&mut g, 2), CommandResult::Enqueued { stored: 0, refused: false });
+    assert_eq!(g.queues().of(&c("p"), Incarnation(3)).map(|q| q.len()), Some(2));
+    let before = g.queues().bytes();
+    put(&mut g, 4);
+    assert_eq!(g.queues().of(&c("p"), Incarnation(4)).map(|q| q.len()), Some(1));
+    assert_eq!(g.queues().bytes(), before / 2, "the replaced queue's bytes are released");
+    // Dropping an older life keeps the newer queue; dropping its own ends it.
+    let drop = |life| Command::DropQueues { lives: vec![(c("p"), Incarnation(life))] };
+    g.apply(2000, drop(3), &mut out);
+    assert_eq!(g.queues().messages(), 1);
+    g.apply(2000, drop(4), &mut out);
+    assert_eq!((g.queues().messages(), g.queues().bytes()), (0, 0));
+    // Other commands change nothing here; time never goes back.
+    assert_eq!(g.apply(500, Command::Tick, &mut out), CommandResult::Done);
+    assert_eq!(g.time_ms(), 2000);
 }
 
 #[test]
@@ -417,18 +473,24 @@ fn durable_queue_bounds_per_session_and_in_bytes() {
     run(&mut s, 1000, claim_cmd("p", ep(1, 1), false, 60, None));
     run(&mut s, 1000, claim_cmd("q", ep(1, 2), false, 60, None));
     for _ in 0..2 {
-        run(&mut s, 1000, enqueue(stored(b"x"), vec![target("p", QoS::AtLeastOnce)], 2, 1 << 20));
+        run(&mut s, 1000, enqueue(stored(b"x"), vec![target("p", 1, QoS::AtLeastOnce)], 2, 1 << 20));
     }
     let (r, out) = run(
         &mut s,
         1000,
-        enqueue(stored(b"x"), vec![target("p", QoS::AtLeastOnce), target("q", QoS::AtLeastOnce)], 2, 1 << 20),
+        enqueue(
+            stored(b"x"),
+            vec![target("p", 1, QoS::AtLeastOnce), target("q", 2, QoS::AtLeastOnce)],
+            2,
+            1 << 20,
+        ),
     );
     assert_eq!(r, CommandResult::Enqueued { stored: 1, refused: false }, "p is full, q is not");
     assert!(out.iter().any(|ch| matches!(ch, StateChange::QueueFull { client, .. } if *client == c("p"))));
     // Over the byte quota nothing is stored, for anyone.
-    let quota = s.queued_bytes() + 10;
-    let (r, out) = run(&mut s, 1000, enqueue(stored(b"x"), vec![target("q", QoS::AtLeastOnce)], 100, quota));
+    let quota = s.queues().bytes() + 10;
+    let (r, out) =
+        run(&mut s, 1000, enqueue(stored(b"x"), vec![target("q", 2, QoS::AtLeastOnce)], 100, quota));
     assert_eq!(r, CommandResult::Enqueued { stored: 0, refused: true });
     assert!(out.is_empty());
     // Packet ids follow the sequence and cycle through 1..=65535.
@@ -459,11 +521,11 @@ fn fuzz_seeds_for_command_sequences() {
                 },
             ),
             (10, release_cmd("p", ep(1, 1), 60, WillOnRelease::Discard)),
-            (10, enqueue(stored(b"1"), vec![target("p", QoS::AtLeastOnce)], 10, 1 << 20)),
-            (10, enqueue(stored(b"2"), vec![target("p", QoS::ExactlyOnce)], 10, 1 << 20)),
+            (10, enqueue(stored(b"1"), vec![target("p", 1, QoS::AtLeastOnce)], 10, 1 << 20)),
+            (10, enqueue(stored(b"2"), vec![target("p", 1, QoS::ExactlyOnce)], 10, 1 << 20)),
             (10, claim_cmd("p", ep(2, 1), false, 60, None)),
-            (10, Command::MarkReleased { client: c("p"), seqs: vec![2] }),
-            (10, Command::Trim { client: c("p"), seqs: vec![1, 2] }),
+            (10, Command::MarkReleased { client: c("p"), incarnation: Incarnation(1), seqs: vec![2] }),
+            (10, Command::Trim { client: c("p"), incarnation: Incarnation(1), seqs: vec![1, 2] }),
             (6000, Command::Tick),
         ],
         vec![
