@@ -326,3 +326,100 @@ async fn durable_publishes_through_a_follower_arrive_complete_and_in_order() {
     receive_qos1_in_order(&mut s, 3 * N).await;
     s.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// `starling_queue_group_voters` on `node`'s /metrics.
+async fn queue_group_voters(c: &Cluster, node: u64) -> Option<u64> {
+    let (status, body) =
+        starling_tests::http_get_within(c.node(node).http, "/metrics", Duration::from_secs(2)).await;
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("starling_queue_group_voters "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn wait_queue_group_voters(c: &Cluster, node: u64, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let have = queue_group_voters(c, node).await;
+        if have == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queue group voters on node {node}: {have:?}, want {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `node` reports `n` members, all alive voters.
+async fn wait_voters_seen_by(c: &Cluster, node: u64, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = tokio::task::block_in_place(|| c.status(node));
+        let members = s["members"].as_array().cloned().unwrap_or_default();
+        let voters = members.iter().filter(|m| m["role"] != "learner" && m["alive"] == true).count();
+        if voters == n && members.len() == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node {node} does not see {n} members: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The durable queues have a Raft group of their own, whose members
+/// follow the cluster's: a node added with the CLI becomes one of them,
+/// nodes removed with `--force` leave it. Messages acknowledged while the
+/// first three nodes were the majority survive both of them being killed
+/// and removed, and reach the subscriber on the node added last.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_group_follows_membership_and_keeps_what_it_acknowledged() {
+    let mut c = Cluster::start(3).await;
+    wait_queue_group_voters(&c, 1, 3).await;
+    c.add_node(4, vec!["--no-bootstrap".into()]);
+    c.launch(4, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while starling_tests::http_get_within(c.node(4).http, "/health/live", Duration::from_secs(1)).await.0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "node 4 never answered /health/live");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grpc4 = c.node(4).grpc.to_string();
+    let (ok, out, err) = c.cli(2, &["add", "4", &grpc4]);
+    assert!(ok, "add failed: {out}{err}");
+    c.wait_ready(4).await;
+    c.wait_members(4).await;
+    wait_queue_group_voters(&c, 4, 4).await;
+
+    let (mut s, _) = RawClient::connect(c.node(4).mqtt, V311, "grow-sub", false).await;
+    s.subscribe(1, "grow/q", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "grow-pub", true).await;
+    publish_acknowledged(&mut p, "grow/q", 500, QoS::AtLeastOnce).await;
+
+    for gone in [1, 2] {
+        c.kill9(gone);
+        let survivor = if gone == 1 { 3 } else { 4 };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out, err) = c.cli(survivor, &["remove", &gone.to_string(), "--force"]);
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "remove {gone} failed: {out}{err}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        wait_voters_seen_by(&c, survivor, 4 - gone as usize).await;
+    }
+    wait_queue_group_voters(&c, 4, 2).await;
+
+    let (mut s, present) = reconnect(&c, 4, connect_packet(V311, "grow-sub", false)).await;
+    assert!(present, "session present");
+    receive_qos1_in_order(&mut s, 500).await;
+    // The two remaining members still store new durable messages.
+    let (mut p, _) = RawClient::connect(c.node(3).mqtt, V311, "grow-pub2", true).await;
+    p.publish("grow/q", b"late", QoS::AtLeastOnce, false, 1).await;
+    let got = s.recv_publish().await;
+    assert_eq!(&got.payload[..], b"late");
+    s.puback(got.packet_id).await;
+}

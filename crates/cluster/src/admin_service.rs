@@ -26,6 +26,10 @@ use crate::pb::admin::{
 use crate::types::{NodeId, NodeInfo};
 use crate::writer::MAX_HOPS;
 
+/// How long a membership change waits for the durable queues' group to
+/// follow it (a new member catches up first).
+const QUEUE_GROUP_FOLLOWS: Duration = Duration::from_secs(30);
+
 pub struct AdminService {
     pub node: Arc<ClusterNode>,
 }
@@ -134,8 +138,26 @@ impl AdminService {
             Command::SetLiveness { node: id, alive: true },
         ];
         n.proposer.propose(reset, 0).await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        self.queue_group_follows().await?;
         tracing::info!(node = %id, "node removed from the cluster");
         Ok(())
+    }
+
+    /// Waits until the durable queues' group has the main group's voters
+    /// (its leader makes them follow, `queue_group.rs`).
+    async fn queue_group_follows(&self) -> Result<(), ServiceError> {
+        let n = &self.node;
+        let voters: BTreeSet<NodeId> =
+            n.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if n.queues.wait_voters(&voters, QUEUE_GROUP_FOLLOWS).await {
+            return Ok(());
+        }
+        Err(ServiceError::Unavailable(format!(
+            "the membership changed, but the durable queues' group has not followed within {}s \
+             (it needs a leader and a majority of its members); `cluster status` and \
+             starling_queue_group_voters show when it has",
+            QUEUE_GROUP_FOLLOWS.as_secs()
+        )))
     }
 }
 
@@ -190,6 +212,7 @@ impl Admin for AdminService {
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                 .await
                 .map_err(internal)?;
+            self.queue_group_follows().await?;
         }
         Ok(Response::new(AddNodeResponse { cluster_id }))
     }

@@ -1,5 +1,6 @@
-//! Starling's cluster: the broker's `StatePort` on openraft (one Raft
-//! group) and sled, with tonic gRPC services for peers (Raft RPCs,
+//! Starling's cluster: the broker's `StatePort` on openraft (two Raft
+//! groups: the main one, and one for the durable queues) and sled, with
+//! tonic gRPC services for peers (Raft RPCs,
 //! forwarded writes, publish forwarding, session handoff) and operators
 //! (status, membership, users, rules).
 //!
@@ -28,6 +29,7 @@ pub mod pb;
 pub mod peer_client;
 pub mod peer_service;
 pub mod port;
+pub mod queue_group;
 pub mod readiness;
 pub mod sm;
 pub mod status;

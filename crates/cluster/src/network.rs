@@ -14,15 +14,17 @@ use serde::Serialize;
 
 use crate::error::PeerError;
 use crate::peer_client::{PeerClient, RaftRpc};
-use crate::types::{NodeId, NodeInfo, TypeConfig};
+use crate::types::{Group, NodeId, NodeInfo, TypeConfig};
 
-/// Creates per-target clients for openraft.
+/// Creates per-target clients for openraft, for one Raft group.
 #[derive(Clone)]
 pub struct Network {
     pub peers: PeerClient,
+    pub group: Group,
 }
 
 pub struct Connection {
+    group: Group,
     target: NodeId,
     addr: String,
     peers: PeerClient,
@@ -32,7 +34,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
-        Connection { target, addr: node.grpc.clone(), peers: self.peers.clone() }
+        Connection { group: self.group, target, addr: node.grpc.clone(), peers: self.peers.clone() }
     }
 }
 
@@ -60,7 +62,10 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let answer = match self.peers.raft(self.target, &self.addr, rpc, data.into(), option.hard_ttl()).await
+        let answer = match self
+            .peers
+            .raft(self.group, self.target, &self.addr, rpc, data.into(), option.hard_ttl())
+            .await
         {
             Ok(a) => a,
             Err(PeerError::Unreachable(why)) => {

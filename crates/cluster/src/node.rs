@@ -42,12 +42,13 @@ use crate::pb::peer::peer_server::PeerServer;
 use crate::peer_client::{ClusterId, PeerClient, MAX_MESSAGE};
 use crate::peer_service::PeerService;
 use crate::port::ClusterPort;
+use crate::queue_group::QueueGroup;
 use crate::readiness::Readiness;
 use crate::sm::{SmShared, StateMachine};
 use crate::status::PeerStats;
 use crate::storage::Store;
 use crate::submitter::Submitter;
-use crate::types::{NodeId, NodeInfo, Raft};
+use crate::types::{Group, NodeId, NodeInfo, Raft};
 use crate::writer::{Proposer, Writer};
 
 /// How often `core_failed` looks at the Raft core's state.
@@ -85,6 +86,8 @@ pub struct ClusterNode {
     pub readiness: Arc<Readiness>,
     pub forwarder: Arc<PeerForwarder>,
     pub proposer: Proposer,
+    /// The durable queues' Raft group.
+    pub queues: Arc<QueueGroup>,
     pub broker: Broker,
     pub stats: Arc<PeerStats>,
     /// Last committed index openraft reported (status, metrics).
@@ -93,6 +96,7 @@ pub struct ClusterNode {
     file_users: Mutex<Vec<String>>,
 }
 
+/// The Raft settings of both groups.
 fn raft_config(c: &ClusterConfig) -> anyhow::Result<Arc<openraft::Config>> {
     let hb = c.heartbeat.as_millis() as u64;
     let el = c.election_timeout.as_millis() as u64;
@@ -146,20 +150,38 @@ impl ClusterNode {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| damaged("cannot open the Raft log"))?;
         let committed = log_store.committed.clone();
-        let network = Network { peers: peers.clone() };
-        let raft = Raft::new(node_id, raft_config(&config)?, network, log_store, sm)
+        let network = Network { peers: peers.clone(), group: Group::Main };
+        let raft_config = raft_config(&config)?;
+        let raft = Raft::new(node_id, raft_config.clone(), network, log_store, sm)
             .await
             .with_context(|| damaged("cannot read the Raft log"))?;
         let readiness = Arc::new(Readiness::new(raft.clone(), config.election_timeout * 3));
         let proposer = Proposer {
+            group: Group::Main,
             raft: raft.clone(),
             peers: peers.clone(),
-            sm: shared.clone(),
+            applied: shared.applied_watch(),
             timeout: config.write_timeout,
         };
         let stats = Arc::new(PeerStats::default());
+        // After the main group: its state made this node's session
+        // runtimes, which the queue group's state then fills.
+        let queues = Arc::new(
+            QueueGroup::open(
+                &config.data_dir,
+                raft_config,
+                peers.clone(),
+                local.clone(),
+                stats.clone(),
+                config.election_timeout * 3,
+                config.write_timeout,
+            )
+            .await
+            .with_context(|| damaged("cannot open the durable queues' group"))?,
+        );
         let writer = Writer::start(proposer.clone());
         let port = Arc::new(ClusterPort {
+            queues: queues.clone(),
             submitter: Submitter::start(proposer.clone(), writer.clone(), stats.clone()),
             writer,
             proposer: proposer.clone(),
@@ -200,6 +222,7 @@ impl ClusterNode {
             readiness,
             forwarder,
             proposer,
+            queues,
             broker,
             stats,
             committed,
@@ -223,7 +246,13 @@ impl ClusterNode {
         tokio::spawn(follow);
         tokio::spawn(self.liveness.clone().startup_reset(stop.clone()));
         tokio::spawn(self.liveness.clone().watch_members(stop.clone()));
-        tokio::spawn(self.liveness.clone().keep_time(stop));
+        tokio::spawn(self.liveness.clone().keep_time(stop.clone()));
+        tokio::spawn(self.queues.clone().follow(
+            self.raft.clone(),
+            self.sm.clone(),
+            self.membership.info().clone(),
+            stop,
+        ));
     }
 
     /// Serves the peer and admin services on `grpc` until `stop`.
@@ -234,6 +263,7 @@ impl ClusterNode {
     ) -> anyhow::Result<()> {
         let peer = PeerService {
             forwarded: Default::default(),
+            queues: self.queues.clone(),
             raft: self.raft.clone(),
             proposer: self.proposer.clone(),
             sm: self.sm.clone(),
@@ -270,8 +300,10 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// Whether the node takes clients: both Raft groups in contact with
+    /// their leaders and caught up (and the node not draining, reset).
     pub fn is_ready(&self) -> bool {
-        self.readiness.is_ready()
+        self.readiness.is_ready() && self.queues.readiness.is_ready()
     }
 
     /// Users from this node's password file (not replicated).
@@ -300,15 +332,17 @@ impl ClusterNode {
         // Looked at every `CORE_CHECK` rather than on every change of
         // openraft's metrics: they change several times per entry, and
         // each wake-up of this (main) thread costs more than the check.
-        let rx = self.raft.metrics();
+        let cores = [(self.raft.metrics(), ""), (self.queues.raft.metrics(), "durable queues: ")];
         loop {
-            if let Err(e) = &rx.borrow().running_state {
-                if !matches!(e, openraft::error::Fatal::Stopped) {
-                    return e.to_string();
+            for (rx, group) in &cores {
+                if let Err(e) = &rx.borrow().running_state {
+                    if !matches!(e, openraft::error::Fatal::Stopped) {
+                        return format!("{group}{e}");
+                    }
                 }
-            }
-            if rx.has_changed().is_err() {
-                return "the Raft core ended".into();
+                if rx.has_changed().is_err() {
+                    return format!("{group}the Raft core ended");
+                }
             }
             tokio::time::sleep(CORE_CHECK).await;
         }
@@ -319,6 +353,10 @@ impl ClusterNode {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft shutdown");
         }
+        if let Err(e) = self.queues.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft shutdown (durable queues)");
+        }
         let _ = self.store.sync();
+        let _ = self.queues.store.sync();
     }
 }

@@ -24,7 +24,7 @@ use crate::pb::peer::{
     TakeSessionRequest, WaitAppliedRequest, WriteRequest,
 };
 use crate::storage::FORMAT_VERSION;
-use crate::types::NodeId;
+use crate::types::{Group, NodeId};
 
 /// Largest gRPC message accepted or sent between peers (log batches and
 /// snapshot chunks stay far below it).
@@ -148,9 +148,10 @@ impl PeerClient {
         req
     }
 
-    /// One openraft RPC; `data` and the answer are bincode.
+    /// One openraft RPC of `group`; `data` and the answer are bincode.
     pub async fn raft(
         &self,
+        group: Group,
         to: NodeId,
         addr: &str,
         rpc: RaftRpc,
@@ -163,6 +164,7 @@ impl PeerClient {
             data,
             format: FORMAT_VERSION,
             to_node: to.0,
+            group: group.wire(),
         };
         let req = Self::request(msg, timeout);
         let resp = match rpc {
@@ -173,10 +175,11 @@ impl PeerClient {
         Ok(resp.into_inner().data)
     }
 
-    /// Proposes `commands` at the leader at `addr`; returns their results
-    /// and the log index of the entry that carried them.
+    /// Proposes `commands` in `group` at its leader at `addr`; returns
+    /// their results and the log index of the entry that carried them.
     pub async fn write(
         &self,
+        group: Group,
         addr: &str,
         commands: &[Command],
         hops: u32,
@@ -188,6 +191,7 @@ impl PeerClient {
             commands: data.into(),
             hops,
             format: FORMAT_VERSION,
+            group: group.wire(),
         };
         let resp = self.peer(addr)?.write(Self::request(msg, timeout)).await?.into_inner();
         let results = bincode::deserialize(&resp.results).map_err(|e| PeerError::Corrupt(e.to_string()))?;

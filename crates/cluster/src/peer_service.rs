@@ -24,11 +24,12 @@ use crate::pb::peer::{
     SubmitResponse, TakeSessionRequest, TakeSessionResponse, WaitAppliedRequest, WaitAppliedResponse,
     WriteRequest, WriteResponse,
 };
+use crate::queue_group::QueueGroup;
 use crate::readiness::Readiness;
 use crate::sm::SmShared;
 use crate::status::PeerStats;
 use crate::storage::FORMAT_VERSION;
-use crate::types::Raft;
+use crate::types::{Group, Raft};
 use crate::wire::{decode_delivery, decode_message, decode_shared, encode_delivery, Corrupt};
 use crate::writer::{PendingWrite, Proposer, WriteError, MAX_HOPS};
 
@@ -42,6 +43,9 @@ const SUBMIT_WINDOW: usize = 16;
 pub type LastBatch = (u64, u64);
 
 pub struct PeerService {
+    /// The durable queues' group (Raft RPCs, writes and submit streams
+    /// marked `group = 1`).
+    pub queues: Arc<QueueGroup>,
     pub raft: Raft,
     pub proposer: Proposer,
     pub sm: Arc<SmShared>,
@@ -75,6 +79,26 @@ impl PeerService {
         }
         bincode::deserialize(&m.data).map_err(|e| self.corrupt("Raft message", e))
     }
+
+    fn group(&self, n: u32) -> Result<Group, ServiceError> {
+        Group::from_wire(n).ok_or_else(|| ServiceError::FailedPrecondition(format!("no Raft group {n} here")))
+    }
+
+    /// The Raft core and readiness of group `n`.
+    fn core(&self, n: u32) -> Result<(&Raft, &Readiness), ServiceError> {
+        Ok(match self.group(n)? {
+            Group::Main => (&self.raft, &self.readiness),
+            Group::Queues => (&self.queues.raft, &self.queues.readiness),
+        })
+    }
+
+    /// The proposer of group `n`.
+    fn proposer(&self, n: u32) -> Result<&Proposer, ServiceError> {
+        Ok(match self.group(n)? {
+            Group::Main => &self.proposer,
+            Group::Queues => &self.queues.proposer,
+        })
+    }
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
@@ -83,7 +107,7 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
         cluster_id: String::new(),
         data: data.into(),
         format: FORMAT_VERSION,
-        to_node: 0,
+        ..Default::default()
     }))
 }
 
@@ -119,24 +143,29 @@ fn submit_response(
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let ae: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
-            self.decode(&req.into_inner())?;
+        let m = req.into_inner();
+        let (raft, readiness) = self.core(m.group)?;
+        let ae: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = self.decode(&m)?;
         let leader_commit = ae.leader_commit.map(|l| l.index);
-        let r = self.raft.append_entries(ae).await;
+        let r = raft.append_entries(ae).await;
         if r.is_ok() {
-            self.readiness.leader_contact(leader_commit);
+            readiness.leader_contact(leader_commit);
         }
         encode(&r)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        encode(&self.raft.vote(self.decode(&req.into_inner())?).await)
+        let m = req.into_inner();
+        let (raft, _) = self.core(m.group)?;
+        encode(&raft.vote(self.decode(&m)?).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let r = self.raft.install_snapshot(self.decode(&req.into_inner())?).await;
+        let m = req.into_inner();
+        let (raft, readiness) = self.core(m.group)?;
+        let r = raft.install_snapshot(self.decode(&m)?).await;
         if r.is_ok() {
-            self.readiness.leader_contact(None);
+            readiness.leader_contact(None);
         }
         encode(&r)
     }
@@ -153,7 +182,7 @@ impl Peer for PeerService {
         let commands: Vec<Command> =
             bincode::deserialize(&w.commands).map_err(|e| self.corrupt("write", e))?;
         let (results, log_index) = self
-            .proposer
+            .proposer(w.group)?
             .propose(commands, w.hops)
             .await
             .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
@@ -171,15 +200,24 @@ impl Peer for PeerService {
         let mut inbound = req.into_inner();
         let (pending_tx, mut pending_rx) = mpsc::channel::<(u64, PendingWrite)>(SUBMIT_WINDOW);
         let (tx, rx) = mpsc::channel::<Result<SubmitResponse, Status>>(SUBMIT_WINDOW);
-        let proposer = self.proposer.clone();
+        let (main, queues) = (self.proposer.clone(), self.queues.proposer.clone());
         let stats = self.stats.clone();
         let refusals = tx.clone();
         tokio::spawn(async move {
             while let Ok(Some(r)) = inbound.message().await {
-                if let Err(e) = proposer.peers.cluster_id().check(&r.cluster_id, Some(r.format)) {
+                if let Err(e) = main.peers.cluster_id().check(&r.cluster_id, Some(r.format)) {
                     let _ = refusals.send(Err(e.into())).await;
                     return;
                 }
+                let proposer = match Group::from_wire(r.group) {
+                    Some(Group::Main) => &main,
+                    Some(Group::Queues) => &queues,
+                    None => {
+                        let e = ServiceError::FailedPrecondition(format!("no Raft group {} here", r.group));
+                        let _ = refusals.send(Err(e.into())).await;
+                        return;
+                    }
+                };
                 let commands: Vec<Command> = match bincode::deserialize(&r.commands) {
                     Ok(c) => c,
                     Err(e) => {

@@ -8,7 +8,11 @@
 //!   node applied it (no subscribe race; security state in force);
 //! - a claim that moved a persistent session from another node makes
 //!   every live node route to this one, then takes the messages the
-//!   previous owner still queues for it (`TakeSession`).
+//!   previous owner still queues for it (`TakeSession`);
+//! - the durable queues' changes (enqueue, trim, release) go to the queue
+//!   group (`queue_group.rs`), everything else to the main group; a claim
+//!   of a persistent session loads its queue from the queue group's state
+//!   here once the claim is applied.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,9 +21,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use starling_broker::ids::ClientId;
 use starling_broker::port::{PendingCommit, PortError, StatePort};
-use starling_broker::replicated::{Command, CommandResult, LocalState, ReplicatedState};
+use starling_broker::replicated::{Command, CommandResult, LocalState, QueueState, ReplicatedState};
 
 use crate::peer_client::PeerClient;
+use crate::queue_group::QueueGroup;
 use crate::readiness::Readiness;
 use crate::sm::SmShared;
 use crate::status::PeerStats;
@@ -32,6 +37,8 @@ use crate::writer::{Proposer, Writer};
 const PROPAGATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ClusterPort {
+    /// The durable queues' group: enqueues, trims, releases.
+    pub queues: Arc<QueueGroup>,
     pub writer: Writer,
     /// For `submit_all` on the leader (the writer's batches may be
     /// proposed out of order).
@@ -81,6 +88,37 @@ pub(crate) async fn propagate(peers: &PeerClient, sm: &SmShared, index: u64, dea
 }
 
 impl ClusterPort {
+    /// A resumed session was claimed here (and, if it moved, every live
+    /// node applied the claim, so its previous owner stopped delivering):
+    /// its runtime takes what the queue group holds for its life, marked
+    /// possibly sent. First a barrier: an empty entry committed in the
+    /// queue group, applied here — everything committed before it (which a
+    /// previous owner may have delivered) is in the load; anything later
+    /// reaches the runtime as it applies, and no previous owner sent it.
+    /// The load runs under the queue group's lock, so no entry applies
+    /// meanwhile.
+    async fn load_queue(&self, client: &ClientId) -> Result<(), PortError> {
+        let Some(life) = self.local.views().registry.get(client).and_then(|r| r.durable()) else {
+            return Ok(());
+        };
+        let queues = &self.queues.proposer;
+        let (_, barrier) = queues
+            .propose(Vec::new(), 0)
+            .await
+            .map_err(|e| PortError::Unavailable(format!("durable queues unavailable: {e}")))?;
+        if !queues.wait_applied(barrier, queues.timeout).await {
+            return Err(PortError::Unavailable("durable queues not applied here in time".into()));
+        }
+        // Replicated time on the leaders' clocks: the later of the two
+        // groups' (the queue group's only moves with its own entries).
+        let main_time = self.sm.with_state(|s| s.time_ms());
+        self.queues.sm.with_state(|g| {
+            let now = g.time_ms().max(main_time);
+            self.local.load_queue(client, life, g.queues().of(client, life), now);
+        });
+        Ok(())
+    }
+
     /// The session moved here from `previous`: put what that node still
     /// queues for it in front of the session's queue, in order.
     async fn take_over(&self, client: &ClientId, previous: NodeId, claim_index: u64) {
@@ -127,8 +165,10 @@ impl StatePort for ClusterPort {
             Command::Claim { client, clean_start: false, .. } => Some(client.clone()),
             _ => None,
         };
+
         let (result, index) =
             self.writer.write(cmd).await.map_err(|e| PortError::Unavailable(e.to_string()))?;
+
         if every_node
             && result != CommandResult::NotOwner
             && !propagate(&self.peers, &self.sm, index, self.confirm_deadline).await
@@ -137,40 +177,48 @@ impl StatePort for ClusterPort {
                 "committed, but a live member did not confirm it in time (unreachable from this node)".into(),
             ));
         }
-        if let (Some(client), CommandResult::Claimed { session_present: true, previous_owner: Some(prev) }) =
+        if let (Some(client), CommandResult::Claimed { session_present: true, previous_owner }) =
             (resuming, &result)
         {
-            if *prev != self.peers.node_id() {
-                self.take_over(&client, *prev, index).await;
+            if let Some(prev) = previous_owner.filter(|p| *p != self.peers.node_id()) {
+                self.take_over(&client, prev, index).await;
             }
+            self.load_queue(&client).await?;
         }
         Ok(result)
     }
 
     async fn commit_all(&self, cmds: Vec<Command>) -> Result<Vec<CommandResult>, PortError> {
-        if !self.readiness.is_ready() {
+        let queue_changes = cmds.iter().all(Command::is_queue_change);
+        if !self.readiness.is_ready() || (queue_changes && !self.queues.readiness.is_ready()) {
             return Err(PortError::Unavailable("this node is not connected to a quorum".into()));
         }
+        let writer = if queue_changes { &self.queues.writer } else { &self.writer };
         // Handed to the log: a failure from here on may still commit.
-        let (results, _) =
-            self.writer.write_all(cmds).await.map_err(|e| PortError::Unknown(e.to_string()))?;
+        let (results, _) = writer.write_all(cmds).await.map_err(|e| PortError::Unknown(e.to_string()))?;
         Ok(results)
     }
 
     async fn submit_all(&self, cmds: Vec<Command>) -> PendingCommit {
-        if !self.readiness.is_ready() {
+        let queue_changes = cmds.iter().all(Command::is_queue_change);
+        if !self.readiness.is_ready() || (queue_changes && !self.queues.readiness.is_ready()) {
             let e = PortError::Unavailable("this node is not connected to a quorum".into());
             return Box::pin(std::future::ready(Err(e)));
         }
+        let (proposer, submitter) = if queue_changes {
+            (&self.queues.proposer, &self.queues.submitter)
+        } else {
+            (&self.proposer, &self.submitter)
+        };
         // Leading: straight to the Raft core, in call order. Otherwise on
         // the submit stream to the leader, which proposes in stream order.
         // Several entries in flight either way.
-        match self.proposer.submit_as_leader(cmds).await {
+        match proposer.submit_as_leader(cmds).await {
             Ok(pending) => {
                 Box::pin(async move { pending.await.map_err(|e| PortError::Unknown(e.to_string())) })
             }
             Err(cmds) => {
-                let answer = self.submitter.submit(cmds).await;
+                let answer = submitter.submit(cmds).await;
                 Box::pin(async move {
                     answer.await.unwrap_or_else(|_| Err(PortError::Unknown("node stopping".into())))
                 })
@@ -179,10 +227,14 @@ impl StatePort for ClusterPort {
     }
 
     fn is_ready(&self) -> bool {
-        self.readiness.is_ready()
+        self.readiness.is_ready() && self.queues.readiness.is_ready()
     }
 
     fn read(&self, f: &mut dyn FnMut(&ReplicatedState)) {
         self.sm.with_state(|s| f(s))
+    }
+
+    fn read_queues(&self, f: &mut dyn FnMut(&QueueState)) {
+        self.queues.sm.with_state(|g| f(g.queues()))
     }
 }

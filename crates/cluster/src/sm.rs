@@ -22,10 +22,13 @@ use std::sync::Arc;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use starling_broker::replicated::{LocalState, ReplicatedState};
+use starling_broker::replicated::{
+    Command, CommandResult, LocalState, QueueGroupState, ReplicatedState, StateChange,
+};
 
 use crate::storage::Store;
 use crate::types::{
@@ -34,16 +37,68 @@ use crate::types::{
 
 const SNAPSHOT_META: &[u8] = b"current";
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct Inner {
+/// What one Raft group's state machine holds: the main group's
+/// `ReplicatedState`, or the queue group's `QueueGroupState` (the durable
+/// queues). Applying is the broker's, and deterministic.
+pub trait GroupState: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Applies `cmd` at replicated time `time_ms`, appending its changes.
+    fn apply(&mut self, time_ms: u64, cmd: Command, out: &mut Vec<StateChange>) -> CommandResult;
+
+    /// Replicated time of the last applied entry.
+    fn time_ms(&self) -> u64;
+
+    /// A whole state was loaded (start, snapshot installed): the node's
+    /// views follow it.
+    fn loaded(&self, local: &LocalState);
+
+    /// The nodes declared down (the main group keeps liveness).
+    fn down(&self) -> Option<&BTreeSet<NodeId>> {
+        None
+    }
+}
+
+impl GroupState for ReplicatedState {
+    fn apply(&mut self, time_ms: u64, cmd: Command, out: &mut Vec<StateChange>) -> CommandResult {
+        ReplicatedState::apply(self, time_ms, cmd, out)
+    }
+
+    fn time_ms(&self) -> u64 {
+        ReplicatedState::time_ms(self)
+    }
+
+    fn loaded(&self, local: &LocalState) {
+        local.rebuild(self)
+    }
+
+    fn down(&self) -> Option<&BTreeSet<NodeId>> {
+        Some(ReplicatedState::down(self))
+    }
+}
+
+impl GroupState for QueueGroupState {
+    fn apply(&mut self, time_ms: u64, cmd: Command, out: &mut Vec<StateChange>) -> CommandResult {
+        QueueGroupState::apply(self, time_ms, cmd, out)
+    }
+
+    fn time_ms(&self) -> u64 {
+        QueueGroupState::time_ms(self)
+    }
+
+    fn loaded(&self, local: &LocalState) {
+        local.reload_queues(self.queues(), self.time_ms())
+    }
+}
+
+#[derive(Default)]
+struct Inner<S> {
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    state: ReplicatedState,
+    state: S,
 }
 
 /// Shared between the Raft core (through `StateMachine`) and the node.
-pub struct SmShared {
-    inner: Mutex<Inner>,
+pub struct SmShared<S = ReplicatedState> {
+    inner: Mutex<Inner<S>>,
     store: Store,
     local: Arc<LocalState>,
     applied_tx: watch::Sender<u64>,
@@ -57,7 +112,7 @@ pub struct SmShared {
     pub applied_entries: std::sync::atomic::AtomicU64,
 }
 
-impl SmShared {
+impl<S: GroupState> SmShared<S> {
     /// Index of the last applied entry (0 before any).
     pub fn applied_index(&self) -> u64 {
         *self.applied_tx.borrow()
@@ -72,11 +127,12 @@ impl SmShared {
         self.down_tx.subscribe()
     }
 
-    fn publish_down(&self, state: &ReplicatedState) {
+    fn publish_down(&self, state: &S) {
+        let Some(down) = state.down() else { return };
         self.down_tx.send_if_modified(|d| {
-            let changed = d != state.down();
+            let changed = d != down;
             if changed {
-                d.clone_from(state.down());
+                d.clone_from(down);
             }
             changed
         });
@@ -98,15 +154,20 @@ impl SmShared {
         self.inner.lock().membership.membership().nodes().map(|(id, n)| (*id, n.grpc.clone())).collect()
     }
 
-    /// Reads the replicated state.
-    pub fn with_state<T>(&self, f: impl FnOnce(&ReplicatedState) -> T) -> T {
+    /// Reads the replicated state. (No change is applied meanwhile.)
+    pub fn with_state<T>(&self, f: impl FnOnce(&S) -> T) -> T {
         f(&self.inner.lock().state)
     }
 }
 
-#[derive(Clone)]
-pub struct StateMachine {
-    pub shared: Arc<SmShared>,
+pub struct StateMachine<S = ReplicatedState> {
+    pub shared: Arc<SmShared<S>>,
+}
+
+impl<S> Clone for StateMachine<S> {
+    fn clone(&self) -> Self {
+        StateMachine { shared: self.shared.clone() }
+    }
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -122,9 +183,9 @@ struct StoredSnapshotMeta {
     meta: SnapshotMeta,
 }
 
-impl StateMachine {
+impl<S: GroupState> StateMachine<S> {
     /// Opens the state machine, loading the current snapshot if any.
-    pub fn open(store: Store, local: Arc<LocalState>) -> Result<StateMachine, StorageError> {
+    pub fn open(store: Store, local: Arc<LocalState>) -> Result<StateMachine<S>, StorageError> {
         let (applied_tx, _) = watch::channel(0);
         let (down_tx, _) = watch::channel(BTreeSet::new());
         let sm = StateMachine {
@@ -163,13 +224,13 @@ impl StateMachine {
 
     /// Replaces the in-memory state with a snapshot's and rebuilds views.
     fn load(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let state: ReplicatedState = bincode::deserialize(data).map_err(snap_err)?;
+        let state: S = bincode::deserialize(data).map_err(snap_err)?;
         {
             let mut inner = self.shared.inner.lock();
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.state = state;
-            self.shared.local.rebuild(&inner.state);
+            inner.state.loaded(&self.shared.local);
             self.shared.publish_down(&inner.state);
         }
         self.shared.applied_tx.send_replace(meta.last_log_id.map_or(0, |l| l.index));
@@ -216,7 +277,7 @@ impl StateMachine {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+impl<S: GroupState> RaftSnapshotBuilder<TypeConfig> for StateMachine<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (meta, data) = {
             let inner = self.shared.inner.lock();
@@ -242,7 +303,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
+impl<S: GroupState> RaftStateMachine<TypeConfig> for StateMachine<S> {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
@@ -279,17 +340,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         match Arc::try_unwrap(batch.commands) {
                             Ok(cmds) => {
                                 for cmd in cmds {
-                                    results.push(inner.state.apply(batch.time_ms, cmd, &mut changes));
+                                    results.push(GroupState::apply(
+                                        &mut inner.state,
+                                        batch.time_ms,
+                                        cmd,
+                                        &mut changes,
+                                    ));
                                 }
                             }
                             Err(shared) => {
                                 for cmd in shared.iter() {
-                                    results.push(inner.state.apply(batch.time_ms, cmd.clone(), &mut changes));
+                                    let cmd = cmd.clone();
+                                    results.push(GroupState::apply(
+                                        &mut inner.state,
+                                        batch.time_ms,
+                                        cmd,
+                                        &mut changes,
+                                    ));
                                 }
                             }
                         }
                         // Under the lock: changes reach the views in log order.
-                        self.shared.local.apply(inner.state.time_ms(), changes);
+                        self.shared.local.apply(GroupState::time_ms(&inner.state), changes);
                         replies.push(BatchResult(results));
                     }
                 }

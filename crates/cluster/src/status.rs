@@ -73,7 +73,7 @@ impl ClusterNode {
             sessions: g.sessions,
             subscriptions: g.subscriptions,
             retained: g.retained,
-            ready: self.readiness.is_ready(),
+            ready: self.is_ready(),
         }
     }
 
@@ -120,10 +120,40 @@ impl ClusterNode {
             "counter",
             self.stats.submit_forwarded.load(relaxed),
         );
+        let q = self.queues.raft.metrics().borrow().clone();
+        one(
+            "starling_queue_group_leader",
+            "Node id of the durable queues' group's leader (0: none).",
+            "gauge",
+            q.current_leader.map_or(0, |l| l.0),
+        );
+        one(
+            "starling_queue_group_voters",
+            "Voters of the durable queues' group (follows the cluster's voters).",
+            "gauge",
+            q.membership_config.membership().voter_ids().count() as u64,
+        );
+        one(
+            "starling_queue_group_commit_index",
+            "Highest committed index of the durable queues' group's log.",
+            "gauge",
+            self.queues.committed.load(relaxed),
+        );
+        one(
+            "starling_queue_group_applied_index",
+            "Highest applied index of the durable queues' group's log.",
+            "gauge",
+            q.last_applied.map_or(0, |l| l.index),
+        );
         let _ = writeln!(
             s,
             "# HELP starling_raft_apply_seconds_total Time spent applying entries (divide by entries for the mean apply latency).\n# TYPE starling_raft_apply_seconds_total counter\nstarling_raft_apply_seconds_total {:.6}",
             self.sm.apply_nanos.load(relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(
+            s,
+            "# HELP starling_queue_group_apply_seconds_total Time spent applying the durable queues' group's entries.\n# TYPE starling_queue_group_apply_seconds_total counter\nstarling_queue_group_apply_seconds_total {:.6}",
+            self.queues.sm.apply_nanos.load(relaxed) as f64 / 1e9
         );
         let lags: Vec<(String, u64)> = st.members.iter().map(|m| (m.id.to_string(), m.lag)).collect();
         labelled(

@@ -157,6 +157,7 @@ impl Link<'_> {
             format: FORMAT_VERSION,
             seq: self.seq,
             commands: commands.into(),
+            group: self.p.group.wire(),
         };
         // Room is certain: at most `WINDOW` are unanswered. A closed
         // stream fails the job below with the others.

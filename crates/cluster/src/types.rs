@@ -16,6 +16,37 @@ use starling_broker::replicated::{Command, CommandResult};
 
 pub use starling_broker::ids::NodeId;
 
+/// The node's Raft groups. Both have the same members (the queue group
+/// follows the main group's membership, `queue_group.rs`); the durable
+/// queues have a group of their own so that their rounds never hold up a
+/// CONNECT or a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// Sessions, subscriptions, retained messages, liveness, users, ACL
+    /// rules; its membership is the cluster's.
+    Main,
+    /// The durable queues of persistent sessions.
+    Queues,
+}
+
+impl Group {
+    /// The number on the wire (peer.proto, `group`).
+    pub fn wire(self) -> u32 {
+        match self {
+            Group::Main => 0,
+            Group::Queues => 1,
+        }
+    }
+
+    pub fn from_wire(n: u32) -> Option<Group> {
+        match n {
+            0 => Some(Group::Main),
+            1 => Some(Group::Queues),
+            _ => None,
+        }
+    }
+}
+
 /// A member's addresses, stored in the Raft membership.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {

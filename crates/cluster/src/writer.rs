@@ -16,13 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use starling_broker::replicated::{wall_ms, Command, CommandResult};
 
 use crate::peer_client::PeerClient;
-use crate::sm::SmShared;
-use crate::types::{Batch, NodeId, Raft};
+use crate::types::{Batch, Group, NodeId, Raft};
 
 const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 512;
@@ -47,12 +46,14 @@ struct Job {
     reply: oneshot::Sender<Result<(Vec<CommandResult>, u64), WriteError>>,
 }
 
-/// What the batcher and the peer service need to propose.
+/// What the batcher and the peer service need to propose in one Raft
+/// group (`applied`: the index that group's state machine applied here).
 #[derive(Clone)]
 pub struct Proposer {
+    pub group: Group,
     pub raft: Raft,
     pub peers: PeerClient,
-    pub sm: Arc<SmShared>,
+    pub applied: watch::Receiver<u64>,
     pub timeout: Duration,
 }
 
@@ -74,6 +75,13 @@ impl Proposer {
             Ok(Err(e)) => Err(WriteError::Failed(e.to_string())),
             Err(_) => Err(WriteError::NoLeader(self.timeout)),
         }
+    }
+
+    /// Waits (at most `timeout`) until this node applied `index` of the
+    /// group.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|a| *a >= index)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// The gRPC address of member `node`, from the membership the Raft
@@ -199,7 +207,10 @@ impl Proposer {
         deadline: Instant,
     ) -> Result<(Vec<CommandResult>, u64), WriteError> {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        self.peers.write(addr, commands, hops, left).await.map_err(|e| WriteError::Failed(e.to_string()))
+        self.peers
+            .write(self.group, addr, commands, hops, left)
+            .await
+            .map_err(|e| WriteError::Failed(e.to_string()))
     }
 }
 
@@ -275,7 +286,7 @@ async fn propose_jobs(p: &Proposer, jobs: Vec<Job>) {
     let (commands, replies): (Vec<Vec<Command>>, Vec<_>) =
         jobs.into_iter().map(|j| (j.cmds, j.reply)).unzip();
     let outcome = match p.propose(commands.into_iter().flatten().collect(), 0).await {
-        Ok((results, index)) if p.sm.wait_applied(index, p.timeout).await => Ok((results, index)),
+        Ok((results, index)) if p.wait_applied(index, p.timeout).await => Ok((results, index)),
         Ok((_, index)) => {
             Err(WriteError::Failed(format!("entry {index} committed but not applied here in time")))
         }
