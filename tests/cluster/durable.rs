@@ -423,3 +423,32 @@ async fn the_queue_group_follows_membership_and_keeps_what_it_acknowledged() {
     assert_eq!(&got.payload[..], b"late");
     s.puback(got.packet_id).await;
 }
+
+/// A session that ends takes its durable queue with it, although the
+/// queues live in their own Raft group: the queue group's leader drops the
+/// queues of ended session lives (seen in every node's gauge).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ended_session_leaves_no_durable_queue_behind() {
+    let c = Cluster::start(3).await;
+    let (mut s, _) = RawClient::connect(c.node(2).mqtt, V311, "ends-sub", false).await;
+    s.subscribe(1, "ends/t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "ends-pub", true).await;
+    publish_acknowledged(&mut p, "ends/t", 20, QoS::AtLeastOnce).await;
+    let queued = "starling_durable_queued_messages";
+    for node in 1..=3 {
+        assert_eq!(c.metric(node, queued).await, 20.0, "node {node} holds the queue");
+    }
+    // A clean session (3.1.1) discards the persistent one.
+    let (s, ack) = RawClient::connect(c.node(3).mqtt, V311, "ends-sub", true).await;
+    assert!(!ack.session_present);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for node in 1..=3 {
+        while c.metric(node, queued).await != 0.0 {
+            assert!(Instant::now() < deadline, "node {node} still holds the ended session's queue");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(c.metric(node, "starling_durable_queued_bytes").await, 0.0);
+    }
+    drop(s);
+}
