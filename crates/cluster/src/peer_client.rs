@@ -93,11 +93,31 @@ pub enum RaftRpc {
     Snapshot,
 }
 
+/// Which connection to a peer a call uses. The bulk traffic (the durable
+/// queues' Raft group, durable groups submitted to its leader, forwarded
+/// publishes) has a connection of its own, so that a large batch in
+/// flight never holds up a main-group round (a SUBSCRIBE, a CONNECT) in
+/// the same TCP stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Lane {
+    Control,
+    Bulk,
+}
+
+impl Lane {
+    fn of(group: Group) -> Lane {
+        match group {
+            Group::Main => Lane::Control,
+            Group::Queues => Lane::Bulk,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct PeerClient {
     node_id: NodeId,
     cluster_id: ClusterId,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
 }
 
 impl PeerClient {
@@ -113,9 +133,10 @@ impl PeerClient {
         &self.cluster_id
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
+    fn channel(&self, addr: &str, lane: Lane) -> Result<Channel, PeerError> {
         let mut map = self.channels.lock();
-        if let Some(c) = map.get(addr) {
+        let key = (addr.to_string(), lane);
+        if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
         let ch = Endpoint::from_shared(format!("http://{addr}"))?
@@ -126,12 +147,16 @@ impl PeerClient {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
+        map.insert(key, ch.clone());
         Ok(ch)
     }
 
     fn peer(&self, addr: &str) -> Result<PeerGrpc<Channel>, PeerError> {
-        Ok(PeerGrpc::new(self.channel(addr)?)
+        self.peer_on(addr, Lane::Control)
+    }
+
+    fn peer_on(&self, addr: &str, lane: Lane) -> Result<PeerGrpc<Channel>, PeerError> {
+        Ok(PeerGrpc::new(self.channel(addr, lane)?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
     }
@@ -139,7 +164,7 @@ impl PeerClient {
     /// The admin service of the node at `addr` (for forwarding an
     /// operator's request to the leader).
     pub fn admin(&self, addr: &str) -> Result<AdminClient<Channel>, PeerError> {
-        Ok(AdminClient::new(self.channel(addr)?))
+        Ok(AdminClient::new(self.channel(addr, Lane::Control)?))
     }
 
     fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
@@ -158,7 +183,7 @@ impl PeerClient {
         data: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, PeerError> {
-        let mut c = self.peer(addr)?;
+        let mut c = self.peer_on(addr, Lane::of(group))?;
         let msg = RaftMessage {
             cluster_id: self.cluster_id.get().to_string(),
             data,
@@ -193,7 +218,8 @@ impl PeerClient {
             format: FORMAT_VERSION,
             group: group.wire(),
         };
-        let resp = self.peer(addr)?.write(Self::request(msg, timeout)).await?.into_inner();
+        let resp =
+            self.peer_on(addr, Lane::of(group))?.write(Self::request(msg, timeout)).await?.into_inner();
         let results = bincode::deserialize(&resp.results).map_err(|e| PeerError::Corrupt(e.to_string()))?;
         Ok((results, resp.log_index))
     }
@@ -237,7 +263,7 @@ impl PeerClient {
         addr: &str,
         batches: impl tonic::IntoStreamingRequest<Message = ForwardBatch>,
     ) -> Result<Streaming<ForwardAck>, PeerError> {
-        Ok(self.peer(addr)?.forward(batches).await?.into_inner())
+        Ok(self.peer_on(addr, Lane::Bulk)?.forward(batches).await?.into_inner())
     }
 
     /// Opens an ordered submit stream to the leader at `addr`.
@@ -246,7 +272,7 @@ impl PeerClient {
         addr: &str,
         requests: impl tonic::IntoStreamingRequest<Message = SubmitRequest>,
     ) -> Result<Streaming<SubmitResponse>, PeerError> {
-        Ok(self.peer(addr)?.submit(requests).await?.into_inner())
+        Ok(self.peer_on(addr, Lane::Bulk)?.submit(requests).await?.into_inner())
     }
 
     /// The identity and addresses of the node at `addr`.

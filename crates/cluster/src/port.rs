@@ -165,10 +165,8 @@ impl StatePort for ClusterPort {
             Command::Claim { client, clean_start: false, .. } => Some(client.clone()),
             _ => None,
         };
-
         let (result, index) =
             self.writer.write(cmd).await.map_err(|e| PortError::Unavailable(e.to_string()))?;
-
         if every_node
             && result != CommandResult::NotOwner
             && !propagate(&self.peers, &self.sm, index, self.confirm_deadline).await

@@ -61,6 +61,7 @@ impl ClusterNode {
             })
             .collect();
         let g = self.broker.gauges();
+        let q = self.queues.raft.metrics().borrow().clone();
         StatusResponse {
             node_id: self.node_id.0,
             cluster_id: self.peers.cluster_id().get().to_string(),
@@ -74,6 +75,10 @@ impl ClusterNode {
             subscriptions: g.subscriptions,
             retained: g.retained,
             ready: self.is_ready(),
+            queue_leader_id: q.current_leader.map_or(0, |l| l.0),
+            queue_voters: q.membership_config.membership().voter_ids().count() as u64,
+            queue_commit_index: self.queues.committed.load(Ordering::Relaxed),
+            queued_messages: g.durable_messages,
         }
     }
 
@@ -120,30 +125,29 @@ impl ClusterNode {
             "counter",
             self.stats.submit_forwarded.load(relaxed),
         );
-        let q = self.queues.raft.metrics().borrow().clone();
         one(
             "starling_queue_group_leader",
             "Node id of the durable queues' group's leader (0: none).",
             "gauge",
-            q.current_leader.map_or(0, |l| l.0),
+            st.queue_leader_id,
         );
         one(
             "starling_queue_group_voters",
             "Voters of the durable queues' group (follows the cluster's voters).",
             "gauge",
-            q.membership_config.membership().voter_ids().count() as u64,
+            st.queue_voters,
         );
         one(
             "starling_queue_group_commit_index",
             "Highest committed index of the durable queues' group's log.",
             "gauge",
-            self.queues.committed.load(relaxed),
+            st.queue_commit_index,
         );
         one(
             "starling_queue_group_applied_index",
             "Highest applied index of the durable queues' group's log.",
             "gauge",
-            q.last_applied.map_or(0, |l| l.index),
+            self.queues.sm.applied_index(),
         );
         let _ = writeln!(
             s,

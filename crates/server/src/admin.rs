@@ -45,6 +45,12 @@ pub fn status_table(s: &StatusResponse) -> String {
     let _ = writeln!(out, "node      {} ({})", s.node_id, if s.ready { "ready" } else { "NOT READY" });
     let _ = writeln!(out, "leader    {leader}    term {}", s.term);
     let _ = writeln!(out, "log       commit {}  applied {}", s.commit_index, s.applied_index);
+    let queue_leader = if s.queue_leader_id != 0 { s.queue_leader_id.to_string() } else { "none".into() };
+    let _ = writeln!(
+        out,
+        "queues    leader {queue_leader}  voters {}  commit {}  {} messages queued",
+        s.queue_voters, s.queue_commit_index, s.queued_messages
+    );
     let _ = writeln!(
         out,
         "state     {} sessions  {} subscriptions  {} retained",
@@ -95,6 +101,12 @@ fn status_json(s: &StatusResponse) -> String {
         "sessions": s.sessions,
         "subscriptions": s.subscriptions,
         "retained": s.retained,
+        "queue_group": {
+            "leader": if s.queue_leader_id != 0 { Some(s.queue_leader_id) } else { None },
+            "voters": s.queue_voters,
+            "commit_index": s.queue_commit_index,
+            "queued_messages": s.queued_messages,
+        },
         "members": members,
     });
     serde_json::to_string_pretty(&v).unwrap_or_default()

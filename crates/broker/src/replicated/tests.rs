@@ -456,6 +456,9 @@ fn queues_apart_from_the_sessions_follow_the_newest_life() {
     put(&mut g, 4);
     assert_eq!(g.queues().of(&c("p"), Incarnation(4)).map(|q| q.len()), Some(1));
     assert_eq!(g.queues().bytes(), before / 2, "the replaced queue's bytes are released");
+    // A snapshot of the group reads back the same (the byte count derived).
+    let back: QueueGroupState = bincode::deserialize(&bincode::serialize(&g).unwrap()).unwrap();
+    assert_eq!((&back, back.queues().bytes()), (&g, g.queues().bytes()));
     // Dropping an older life keeps the newer queue; dropping its own ends it.
     let drop = |life| Command::DropQueues { lives: vec![(c("p"), Incarnation(life))] };
     g.apply(2000, drop(3), &mut out);
