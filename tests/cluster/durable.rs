@@ -351,21 +351,6 @@ async fn wait_queue_group_voters(c: &Cluster, node: u64, want: u64) {
     }
 }
 
-/// Waits until `node` reports `n` members, all alive voters.
-async fn wait_voters_seen_by(c: &Cluster, node: u64, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = tokio::task::block_in_place(|| c.status(node));
-        let members = s["members"].as_array().cloned().unwrap_or_default();
-        let voters = members.iter().filter(|m| m["role"] != "learner" && m["alive"] == true).count();
-        if voters == n && members.len() == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "node {node} does not see {n} members: {s}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The durable queues have a Raft group of their own, whose members
 /// follow the cluster's: a node added with the CLI becomes one of them,
 /// nodes removed with `--force` leave it. Messages acknowledged while the
@@ -409,7 +394,7 @@ async fn the_queue_group_follows_membership_and_keeps_what_it_acknowledged() {
             assert!(Instant::now() < deadline, "remove {gone} failed: {out}{err}");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        wait_voters_seen_by(&c, survivor, 4 - gone as usize).await;
+        c.wait_members_seen_by(survivor, 4 - gone as usize).await;
     }
     wait_queue_group_voters(&c, 4, 2).await;
 

@@ -369,9 +369,14 @@ impl Cluster {
 
     /// Waits until the cluster reports `n` voters, all alive.
     pub async fn wait_members(&self, n: usize) {
+        self.wait_members_seen_by(self.nodes[0].id, n).await
+    }
+
+    /// Waits until node `id` reports `n` voters, all alive (for when the
+    /// first node is gone).
+    pub async fn wait_members_seen_by(&self, id: u64, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let id = self.nodes[0].id;
             let s = tokio::task::block_in_place(|| self.status(id));
             let members = s["members"].as_array().cloned().unwrap_or_default();
             let voters = members.iter().filter(|m| m["role"] != "learner" && m["alive"] == true).count();

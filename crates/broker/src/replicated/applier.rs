@@ -119,7 +119,7 @@ impl LocalState {
         match change {
             StateChange::SessionClaimed { client, epoch, taken_over, filters, durable, queued } => {
                 let runtime = self.claimed(client, epoch, taken_over, &filters, durable);
-                if let Some(r) = runtime {
+                if let (Some(r), Some(queued)) = (runtime, queued) {
                     // A session resumed here delivers from its replicated
                     // queue (possibly sent before, by another node).
                     let entries =

@@ -24,15 +24,16 @@ pub enum StateChange {
     /// kept (resumed), whose routes now lead to the new owner; `durable`:
     /// the session is persistent (its QoS 1/2 messages are queued in the
     /// replicated state), and which life of it this is; `queued`: what its
-    /// durable queue holds, for the new owner to deliver (empty where the
-    /// queues are kept apart from the sessions: the owner loads them).
+    /// durable queue holds, for the new owner to deliver (`None` when this
+    /// state holds no queue for it — where the queues are kept apart from
+    /// the session records, the claiming node loads them from there).
     SessionClaimed {
         client: ClientId,
         epoch: Epoch,
         taken_over: Option<Epoch>,
         filters: Vec<TopicFilter>,
         durable: Option<Incarnation>,
-        queued: Vec<QueuedMessage>,
+        queued: Option<Vec<QueuedMessage>>,
     },
     /// The session changed hands without a connection (its node was
     /// reset): `owner` queues for it now (`None`: nobody). A connection

@@ -228,7 +228,7 @@ impl ReplicatedState {
                 taken_over: None,
                 filters: Vec::new(),
                 durable,
-                queued: Vec::new(),
+                queued: None,
             });
             return CommandResult::Claimed { session_present: false, previous_owner: None };
         };
@@ -260,7 +260,7 @@ impl ReplicatedState {
                 taken_over,
                 filters: Vec::new(),
                 durable,
-                queued: Vec::new(),
+                queued: None,
             });
             return CommandResult::Claimed { session_present: false, previous_owner };
         }
@@ -277,11 +277,7 @@ impl ReplicatedState {
             })
             .unwrap_or_default();
         let durable = persistent.then_some(incarnation);
-        let queued = self
-            .queues
-            .of(&c.client, incarnation)
-            .map(|q| q.entries().iter().cloned().collect())
-            .unwrap_or_default();
+        let queued = self.queues.of(&c.client, incarnation).map(|q| q.entries().iter().cloned().collect());
         out.push(StateChange::SessionClaimed {
             client: c.client,
             epoch: c.epoch,

@@ -79,7 +79,7 @@ fn claim_resume_and_takeover() {
             taken_over: Some(ep(1, 1)),
             filters: vec![f("a/#")],
             durable: Some(Incarnation(1)),
-            queued: vec![],
+            queued: None,
         }]
     );
     // The old connection can no longer change the session.
@@ -403,7 +403,7 @@ fn durable_queues_store_trim_release_and_follow_the_session() {
     // A takeover elsewhere carries the queue to the new owner.
     let (_, out) = run(&mut s, 4000, claim_cmd("p", ep(3, 1), false, 60, None));
     match &out[0] {
-        StateChange::SessionClaimed { queued, durable: Some(Incarnation(1)), .. } => {
+        StateChange::SessionClaimed { queued: Some(queued), durable: Some(Incarnation(1)), .. } => {
             assert_eq!(
                 queued.iter().map(|e| (e.seq, e.released)).collect::<Vec<_>>(),
                 vec![(1, false), (2, true)]
