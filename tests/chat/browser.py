@@ -7,6 +7,7 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.keys import Keys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -90,11 +91,24 @@ class Page:
         return self.js("""return Object.fromEntries([...document.querySelectorAll('#roster li')]
             .map(li => [li.dataset.user, li.dataset.status]))""")
 
+    def click(self, selector):
+        # The lists are drawn again whenever their data changes (a message
+        # arrives, an unread count moves): an element found just before
+        # that is gone by the click, as it would be under a user's finger
+        # for an instant. Find it again, as the user would.
+        for _ in range(20):
+            try:
+                self.d.find_element(By.CSS_SELECTOR, selector).click()
+                return
+            except StaleElementReferenceException:
+                time.sleep(0.05)
+        raise AssertionError(f"{selector} kept being redrawn")
+
     def open_dm(self, peer):
-        self.d.find_element(By.CSS_SELECTOR, f'#roster li[data-user="{peer}"]').click()
+        self.click(f'#roster li[data-user="{peer}"]')
 
     def open_room(self, room):
-        self.d.find_element(By.CSS_SELECTOR, f'#rooms li[data-room="{room}"]').click()
+        self.click(f'#rooms li[data-room="{room}"]')
 
     def unread_dm(self, peer):
         return self.js(f"""const e = document.querySelector('#dms li[data-peer="{peer}"] .unread');

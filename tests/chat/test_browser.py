@@ -90,7 +90,7 @@ def test_two_browsers_and_a_terminal_chat(node, pages):
         bob.sign_in("bob", USERS["bob"])
         wait(lambda: bob.unread_dm("alice") == "1", what="bob's unread DM count")
         bob.shot("dm-unread-bob")
-        bob.d.find_element("css selector", '#dms li[data-peer="alice"]').click()
+        bob.click('#dms li[data-peer="alice"]')
         bob.wait_text("see you later, bob")
         assert bob.unread_dm("alice") == ""
         # The terminal's DM lands in the page, and the page's in the terminal.
