@@ -24,6 +24,9 @@ pub struct Membership {
     /// How other nodes and clients reach this node.
     info: NodeInfo,
     raft: Raft,
+    /// The durable queues' group: started with the cluster (its members
+    /// follow the main group's afterwards, `queue_group.rs`).
+    queues: Raft,
     store: Store,
     peers: PeerClient,
     /// A member's gRPC address to join through (empty data dir only).
@@ -36,12 +39,13 @@ impl Membership {
     pub fn new(
         info: NodeInfo,
         raft: Raft,
+        queues: Raft,
         store: Store,
         peers: PeerClient,
         join: Option<String>,
         bootstrap: bool,
     ) -> Membership {
-        Membership { node_id: peers.node_id(), info, raft, store, peers, join, bootstrap }
+        Membership { node_id: peers.node_id(), info, raft, queues, store, peers, join, bootstrap }
     }
 
     pub fn info(&self) -> &NodeInfo {
@@ -121,15 +125,21 @@ impl Membership {
         }
     }
 
+    /// Starts both Raft groups with this node as their one member (nodes
+    /// that join before the queue group's leader looked at the membership
+    /// must find it started).
     async fn initialize(&self) -> anyhow::Result<()> {
-        let members = BTreeMap::from([(self.node_id, self.info.clone())]);
-        match self.raft.initialize(members).await {
-            Ok(()) => Ok(()),
-            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
-                Ok(())
+        for (raft, what) in [(&self.raft, "the cluster"), (&self.queues, "the durable queues' group")] {
+            let members = BTreeMap::from([(self.node_id, self.info.clone())]);
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(
+                    _,
+                ))) => {}
+                Err(e) => return Err(anyhow::anyhow!("cannot initialize {what}: {e}")),
             }
-            Err(e) => Err(anyhow::anyhow!("cannot initialize the cluster: {e}")),
         }
+        Ok(())
     }
 
     /// Asks the member at `join` to add this node, retrying (with back-off)

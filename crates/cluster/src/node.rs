@@ -198,6 +198,7 @@ impl ClusterNode {
         let membership = Arc::new(Membership::new(
             config.advertise.clone(),
             raft.clone(),
+            queues.raft.clone(),
             store.clone(),
             peers.clone(),
             config.join.clone(),

@@ -23,9 +23,10 @@
 //! - the queue group's members follow the main group's voters: its leader
 //!   adds a new voter as a learner, waits until it caught up, then makes
 //!   the voters equal (`follow`); a node removed from the main group is
-//!   removed here the same way. A node that leads a main group it is the
-//!   only member of, and has no queue group yet, starts one (a new
-//!   cluster).
+//!   removed here the same way. The node that starts a cluster starts
+//!   both groups (`Membership`); one that leads a main group it alone
+//!   belongs to and has no queue group yet starts it too (a restart
+//!   between the two).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
