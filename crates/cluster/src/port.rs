@@ -119,6 +119,21 @@ impl ClusterPort {
         Ok(())
     }
 
+    /// The group `cmds` are committed in (the queue group when they change
+    /// the durable queues only, else the main group), once this node can
+    /// commit there.
+    fn group_for(&self, cmds: &[Command]) -> Result<(&Proposer, &Writer, &Submitter), PortError> {
+        let queue_changes = cmds.iter().all(Command::is_queue_change);
+        if !self.readiness.is_ready() || (queue_changes && !self.queues.readiness.is_ready()) {
+            return Err(PortError::Unavailable("this node is not connected to a quorum".into()));
+        }
+        Ok(if queue_changes {
+            (&self.queues.proposer, &self.queues.writer, &self.queues.submitter)
+        } else {
+            (&self.proposer, &self.writer, &self.submitter)
+        })
+    }
+
     /// The session moved here from `previous`: put what that node still
     /// queues for it in front of the session's queue, in order.
     async fn take_over(&self, client: &ClientId, previous: NodeId, claim_index: u64) {
@@ -187,26 +202,16 @@ impl StatePort for ClusterPort {
     }
 
     async fn commit_all(&self, cmds: Vec<Command>) -> Result<Vec<CommandResult>, PortError> {
-        let queue_changes = cmds.iter().all(Command::is_queue_change);
-        if !self.readiness.is_ready() || (queue_changes && !self.queues.readiness.is_ready()) {
-            return Err(PortError::Unavailable("this node is not connected to a quorum".into()));
-        }
-        let writer = if queue_changes { &self.queues.writer } else { &self.writer };
+        let (_, writer, _) = self.group_for(&cmds)?;
         // Handed to the log: a failure from here on may still commit.
         let (results, _) = writer.write_all(cmds).await.map_err(|e| PortError::Unknown(e.to_string()))?;
         Ok(results)
     }
 
     async fn submit_all(&self, cmds: Vec<Command>) -> PendingCommit {
-        let queue_changes = cmds.iter().all(Command::is_queue_change);
-        if !self.readiness.is_ready() || (queue_changes && !self.queues.readiness.is_ready()) {
-            let e = PortError::Unavailable("this node is not connected to a quorum".into());
-            return Box::pin(std::future::ready(Err(e)));
-        }
-        let (proposer, submitter) = if queue_changes {
-            (&self.queues.proposer, &self.queues.submitter)
-        } else {
-            (&self.proposer, &self.submitter)
+        let (proposer, _, submitter) = match self.group_for(&cmds) {
+            Ok(parts) => parts,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         // Leading: straight to the Raft core, in call order. Otherwise on
         // the submit stream to the leader, which proposes in stream order.
