@@ -14,7 +14,13 @@
 //!
 //! Durability: `append` writes; the caller makes the touched files durable
 //! (`sync_data`) before acknowledging (see `log_store.rs`). `truncate`
-//! and purges are made durable before they return. Recovery reads every
+//! is made durable before it returns. A purged segment is renamed out of
+//! the log (`<seq>.purged`, directory synced) and then shrunk a few MiB at
+//! a time before it is deleted (`remove_segments`): deleting 64 MiB at once
+//! made the disk discard it all in one go (the `discard` mount option) and
+//! stalled every fsync behind it, on every node at the same entry. A
+//! `.purged` file a crash leaves behind is deleted when the log is opened
+//! again. Recovery reads every
 //! segment: a torn record at the tail of the last segment (a crash during
 //! a write) is cut off; any other damage is an error that stops the node
 //! rather than a silently shorter log.
@@ -32,6 +38,11 @@ const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// allowed to allocate gigabytes).
 const MAX_RECORD: u32 = 256 * 1024 * 1024;
 const HEADER: usize = 16;
+/// A purged segment shrinks by this much at a time, `SHRINK_PAUSE` apart
+/// (about 1 ms of disk time a step here).
+const SHRINK_STEP: u64 = 4 * 1024 * 1024;
+const SHRINK_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+const PURGED_SUFFIX: &str = "purged";
 
 #[derive(Debug, Clone, Copy)]
 struct Loc {
@@ -82,9 +93,15 @@ impl Wal {
 
     fn open_with(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Wal> {
         std::fs::create_dir_all(dir)?;
-        let mut seqs: Vec<u64> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".wal")?.parse().ok())
+        let names: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        // Segments purged before a crash, out of the log already.
+        for p in names.iter().filter(|p| p.extension().is_some_and(|e| e == PURGED_SUFFIX)) {
+            std::fs::remove_file(p)?;
+        }
+        let mut seqs: Vec<u64> = names
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .filter_map(|p| p.file_stem()?.to_str()?.parse().ok())
             .collect();
         seqs.sort_unstable();
         let mut wal = Wal {
@@ -323,15 +340,32 @@ impl Wal {
     }
 }
 
-/// Deletes purged segments (see `Wal::purge`) and syncs their directory.
+/// Deletes purged segments (see `Wal::purge`): out of the log first
+/// (renamed, directory synced), then shrunk `SHRINK_STEP` at a time and
+/// deleted, so that the disk discards their blocks a little at a time.
 pub fn remove_segments(dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
     if paths.is_empty() {
         return Ok(());
     }
+    let mut retired = Vec::with_capacity(paths.len());
     for p in paths {
+        let to = p.with_extension(PURGED_SUFFIX);
+        std::fs::rename(p, &to)?;
+        retired.push(to);
+    }
+    sync_dir(dir)?;
+    for p in &retired {
+        let f = OpenOptions::new().write(true).open(p)?;
+        let mut len = f.metadata()?.len();
+        while len > SHRINK_STEP {
+            len -= SHRINK_STEP;
+            f.set_len(len)?;
+            std::thread::sleep(SHRINK_PAUSE);
+        }
+        drop(f);
         std::fs::remove_file(p)?;
     }
-    sync_dir(dir)
+    Ok(())
 }
 
 /// Parses the record at the start of `data`: its index and total length,
@@ -403,6 +437,33 @@ mod tests {
         std::fs::write(&first, data).unwrap();
         let e = Wal::open(dir.path(), None).err().unwrap();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[test]
+    fn purged_segments_leave_the_log_and_a_half_deleted_one_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // Small segments: entries 1-3, 4-6, 7.
+        let mut w = Wal::open_with(dir.path(), None, 3 * (HEADER as u64 + 7)).unwrap();
+        w.append(&entries(1..8)).unwrap();
+        let doomed = w.purge(3);
+        assert_eq!(doomed, vec![w.segment_path(1)]);
+        // A crash while it was being shrunk: out of the log, cut mid-record.
+        let retired = doomed[0].with_extension(PURGED_SUFFIX);
+        std::fs::rename(&doomed[0], &retired).unwrap();
+        OpenOptions::new().write(true).open(&retired).unwrap().set_len(HEADER as u64 + 3).unwrap();
+        drop(w);
+        let mut w = Wal::open_with(dir.path(), Some(3), 3 * (HEADER as u64 + 7)).unwrap();
+        assert_eq!(w.read(0, 100).unwrap(), payloads(4..8));
+        assert!(!retired.exists(), "deleted when the log is opened");
+        let doomed = w.purge(6);
+        remove_segments(&w.dir, &doomed).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![format!("{:020}.wal", 3)]);
+        assert_eq!(w.read(0, 100).unwrap(), payloads(7..8));
     }
 
     #[test]
