@@ -12,8 +12,8 @@ use tracing_subscriber::EnvFilter;
 /// in replicated queues, freed in FIFO order while new ones arrive) glibc's
 /// heap fragmented run after run, and its allocator's cost per message
 /// doubled within a minute (docs/bench/notes.md, 2026-12-04); mimalloc
-/// stays flat. Built without transparent huge pages (`no_thp`: the process
-/// opts out): while the heap grew, every fresh mimalloc page faulted in a
+/// stays flat. Built with `no_thp`, so that it does not ask the kernel for
+/// transparent huge pages: while the heap grew, every fresh page faulted in a
 /// 2 MiB huge page that the kernel zeroed on the spot, and durable trials
 /// on the three-node bench stalled 50-120 ms at a time (p99 45-94 ms
 /// against 8-23 ms without, alternating runs).
