@@ -327,28 +327,10 @@ async fn durable_publishes_through_a_follower_arrive_complete_and_in_order() {
     s.expect_silence(Duration::from_millis(300)).await;
 }
 
-/// `starling_queue_group_voters` on `node`'s /metrics.
-async fn queue_group_voters(c: &Cluster, node: u64) -> Option<u64> {
-    let (status, body) =
-        starling_tests::http_get_within(c.node(node).http, "/metrics", Duration::from_secs(2)).await;
-    if status != 200 {
-        return None;
-    }
-    body.lines()
-        .find_map(|l| l.strip_prefix("starling_queue_group_voters "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
+/// Waits until `node` counts `want` voters in the durable queues' group.
 async fn wait_queue_group_voters(c: &Cluster, node: u64, want: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let have = queue_group_voters(c, node).await;
-        if have == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "queue group voters on node {node}: {have:?}, want {want}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_metric(node, "starling_queue_group_voters", want as f64, deadline).await;
 }
 
 /// The durable queues have a Raft group of their own, whose members
@@ -424,20 +406,14 @@ async fn an_ended_session_leaves_no_durable_queue_behind() {
     let deadline = Instant::now() + Duration::from_secs(15);
     for node in 1..=3 {
         // Acknowledged once committed; each node applies it in its time.
-        while c.metric(node, queued).await != 20.0 {
-            assert!(Instant::now() < deadline, "node {node} does not hold the queue");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        c.wait_metric(node, queued, 20.0, deadline).await;
     }
     // A clean session (3.1.1) discards the persistent one.
     let (s, ack) = RawClient::connect(c.node(3).mqtt, V311, "ends-sub", true).await;
     assert!(!ack.session_present);
     let deadline = Instant::now() + Duration::from_secs(15);
     for node in 1..=3 {
-        while c.metric(node, queued).await != 0.0 {
-            assert!(Instant::now() < deadline, "node {node} still holds the ended session's queue");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        c.wait_metric(node, queued, 0.0, deadline).await;
         assert_eq!(c.metric(node, "starling_durable_queued_bytes").await, 0.0);
     }
     drop(s);

@@ -354,10 +354,23 @@ impl Cluster {
     /// A metric of node `id` (the first line of it in `/metrics`).
     pub async fn metric(&self, id: u64, name: &str) -> f64 {
         let (_, body) = crate::http_get(self.node(id).http, "/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} not found on node {id}"))
+        crate::metric_value(&body, name).unwrap_or_else(|| panic!("metric {name} not found on node {id}"))
+    }
+
+    /// Waits until metric `name` of node `id` reads `want`, failing at
+    /// `deadline` (the node may still be applying what was committed, or
+    /// not answering yet).
+    pub async fn wait_metric(&self, id: u64, name: &str, want: f64, deadline: Instant) {
+        loop {
+            let (_, body) =
+                crate::http_get_within(self.node(id).http, "/metrics", Duration::from_secs(2)).await;
+            let have = crate::metric_value(&body, name);
+            if have == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "metric {name} on node {id}: {have:?}, want {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `cluster status --json` as seen through node `id`.

@@ -96,10 +96,7 @@ impl TestServer {
     /// The value of an unlabelled metric (or a labelled one, given in full).
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.http_get("/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} not found"))
+        metric_value(&body, name).unwrap_or_else(|| panic!("metric {name} not found"))
     }
 }
 
@@ -119,6 +116,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut out = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.expect("http timeout").expect("read");
     parse_http(&out)
+}
+
+/// The value of metric `name` (unlabelled, or labelled given in full) in
+/// a `/metrics` body: its first line.
+pub fn metric_value(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Like `http_get` but a refused, stuck or failed request is status 0.
