@@ -30,6 +30,7 @@ use crate::writer::MAX_HOPS;
 /// follow it (a new member catches up first).
 const QUEUE_GROUP_FOLLOWS: Duration = Duration::from_secs(30);
 
+#[derive(Clone)]
 pub struct AdminService {
     pub node: Arc<ClusterNode>,
 }

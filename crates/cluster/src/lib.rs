@@ -18,8 +18,10 @@
 
 pub mod admin_rules;
 pub mod admin_service;
+pub mod bulk;
 pub mod error;
 pub mod forwarder;
+pub mod lane;
 pub mod liveness;
 pub mod log_store;
 pub mod membership;

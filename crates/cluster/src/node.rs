@@ -30,8 +30,10 @@ use starling_broker::session::SessionLimits;
 use starling_broker::{Broker, BrokerParts, MqttConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admin_service::AdminService;
+use crate::bulk;
 use crate::forwarder::PeerForwarder;
 use crate::liveness::Liveness;
 use crate::log_store::LogStore;
@@ -73,6 +75,8 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
     /// How long a write may wait for a leader and a commit.
     pub write_timeout: Duration,
+    /// CPU priority (nice) of the bulk runtime's threads (bulk.rs).
+    pub bulk_nice: i32,
 }
 
 pub struct ClusterNode {
@@ -139,6 +143,7 @@ impl ClusterNode {
                 node_id.0
             )
         };
+        bulk::start(config.bulk_nice).context("cannot start the bulk runtime")?;
         let store = Store::open(&config.data_dir, node_id.0)?;
         let peers = PeerClient::new(node_id, ClusterId::new(store.cluster_id()?));
         let local = Arc::new(LocalState::new(node_id, auth, metrics, SessionLimits::from_config(&mqtt)));
@@ -166,18 +171,22 @@ impl ClusterNode {
         let stats = Arc::new(PeerStats::default());
         // After the main group: its state made this node's session
         // runtimes, which the queue group's state then fills.
+        // On the bulk runtime: the group's Raft core and the tasks it and
+        // its writer spawn stay there (bulk.rs).
+        let opening = bulk::handle().spawn(QueueGroup::open(
+            config.data_dir.clone(),
+            raft_config,
+            peers.clone(),
+            local.clone(),
+            stats.clone(),
+            config.election_timeout * 3,
+            config.write_timeout,
+        ));
         let queues = Arc::new(
-            QueueGroup::open(
-                &config.data_dir,
-                raft_config,
-                peers.clone(),
-                local.clone(),
-                stats.clone(),
-                config.election_timeout * 3,
-                config.write_timeout,
-            )
-            .await
-            .with_context(|| damaged("cannot open the durable queues' group"))?,
+            opening
+                .await
+                .context("the durable queues' group did not start")?
+                .with_context(|| damaged("cannot open the durable queues' group"))?,
         );
         let writer = Writer::start(proposer.clone());
         let port = Arc::new(ClusterPort {
@@ -229,7 +238,7 @@ impl ClusterNode {
             committed,
             file_users: Mutex::new(Vec::new()),
         });
-        node.serve_grpc(grpc, shutdown.clone())?;
+        node.serve_grpc(grpc, shutdown.clone());
         node.membership.bootstrap_or_join().await?;
         node.spawn_duties(shutdown);
         Ok(node)
@@ -248,7 +257,7 @@ impl ClusterNode {
         tokio::spawn(self.liveness.clone().startup_reset(stop.clone()));
         tokio::spawn(self.liveness.clone().watch_members(stop.clone()));
         tokio::spawn(self.liveness.clone().keep_time(stop.clone()));
-        tokio::spawn(self.queues.clone().follow(
+        bulk::handle().spawn(self.queues.clone().follow(
             self.raft.clone(),
             self.sm.clone(),
             self.membership.info().clone(),
@@ -257,11 +266,7 @@ impl ClusterNode {
     }
 
     /// Serves the peer and admin services on `grpc` until `stop`.
-    fn serve_grpc(
-        self: &Arc<Self>,
-        grpc: TcpListener,
-        mut stop: watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    fn serve_grpc(self: &Arc<Self>, grpc: TcpListener, stop: watch::Receiver<bool>) {
         let peer = PeerService {
             forwarded: Default::default(),
             queues: self.queues.clone(),
@@ -273,32 +278,15 @@ impl ClusterNode {
             stats: self.stats.clone(),
         };
         let admin = AdminService { node: self.clone() };
-        // Nagle off on accepted peer sockets: tonic applies its own
-        // `tcp_nodelay` only to listeners it binds itself, and small gRPC
-        // responses otherwise wait for delayed ACKs (~40 ms).
-        let incoming =
-            tonic::transport::server::TcpIncoming::from_listener(grpc, true, Some(Duration::from_secs(10)))
-                .map_err(|e| anyhow::anyhow!("gRPC listener: {e}"))?;
-        tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(Duration::from_secs(5)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-                .add_service(
-                    PeerServer::new(peer)
-                        .max_decoding_message_size(MAX_MESSAGE)
-                        .max_encoding_message_size(MAX_MESSAGE),
-                )
-                .add_service(AdminServer::new(admin))
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "gRPC server failed");
-            }
-        });
-        Ok(())
+        // Two servers of the same services: bulk connections (lane.rs)
+        // on the bulk runtime, every other on this one. Nagle is off on
+        // every accepted socket (small gRPC responses otherwise wait for
+        // delayed ACKs, ~40 ms).
+        let sorted = crate::lane::sort_incoming(grpc, stop.clone());
+        let main = grpc_server(peer.clone(), admin.clone(), ReceiverStream::new(sorted.main), stop.clone());
+        let bulk = grpc_server(peer, admin, ReceiverStream::new(sorted.bulk), stop);
+        tokio::spawn(main);
+        bulk::handle().spawn(bulk);
     }
 
     /// Whether the node takes clients: both Raft groups in contact with
@@ -359,5 +347,31 @@ impl ClusterNode {
         }
         let _ = self.store.sync();
         let _ = self.queues.store.sync();
+    }
+}
+
+/// One tonic server of the peer and admin services, on `incoming`, until
+/// `stop`.
+async fn grpc_server(
+    peer: PeerService,
+    admin: AdminService,
+    incoming: ReceiverStream<std::io::Result<tokio::net::TcpStream>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(
+            PeerServer::new(peer)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(AdminServer::new(admin))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC server failed");
     }
 }

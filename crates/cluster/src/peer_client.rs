@@ -93,14 +93,16 @@ pub enum RaftRpc {
     Snapshot,
 }
 
-/// Which connection to a peer a call uses. The bulk traffic (the durable
-/// queues' Raft group, durable groups submitted to its leader, forwarded
-/// publishes) has a connection of its own, so that a large batch in
+/// Which connection to a peer a call uses. Forwarded publishes and the
+/// bulk traffic (the durable queues' Raft group, durable groups submitted
+/// to its leader) have connections of their own, so that a large batch in
 /// flight never holds up a main-group round (a SUBSCRIBE, a CONNECT) in
-/// the same TCP stream.
+/// the same TCP stream; the bulk connections run on the bulk runtime at
+/// both ends (bulk.rs, lane.rs), the others on the main one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Lane {
     Control,
+    Forward,
     Bulk,
 }
 
@@ -139,14 +141,23 @@ impl PeerClient {
         if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .tcp_keepalive(Some(Duration::from_secs(10)))
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let ch = match lane {
+            Lane::Control | Lane::Forward => endpoint.connect_lazy(),
+            // Announced as bulk (lane.rs); its tasks run on the bulk
+            // runtime (bulk.rs), as the other end's do.
+            Lane::Bulk => {
+                let bulk = crate::bulk::handle();
+                let _bulk = bulk.enter();
+                endpoint.connect_with_connector_lazy(crate::lane::BulkConnector)
+            }
+        };
         map.insert(key, ch.clone());
         Ok(ch)
     }
@@ -263,7 +274,7 @@ impl PeerClient {
         addr: &str,
         batches: impl tonic::IntoStreamingRequest<Message = ForwardBatch>,
     ) -> Result<Streaming<ForwardAck>, PeerError> {
-        Ok(self.peer_on(addr, Lane::Bulk)?.forward(batches).await?.into_inner())
+        Ok(self.peer_on(addr, Lane::Forward)?.forward(batches).await?.into_inner())
     }
 
     /// Opens an ordered submit stream to the leader at `addr`.

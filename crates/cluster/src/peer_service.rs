@@ -42,6 +42,7 @@ const SUBMIT_WINDOW: usize = 16;
 /// node.
 pub type LastBatch = (u64, u64);
 
+#[derive(Clone)]
 pub struct PeerService {
     /// The durable queues' group (Raft RPCs, writes and submit streams
     /// marked `group = 1`).
@@ -90,6 +91,18 @@ impl PeerService {
             Group::Main => (&self.raft, &self.readiness),
             Group::Queues => (&self.queues.raft, &self.queues.readiness),
         })
+    }
+
+    /// An AppendEntries RPC into group `m.group`'s core.
+    async fn append(&self, m: RaftMessage) -> Result<Response<RaftMessage>, Status> {
+        let (raft, readiness) = self.core(m.group)?;
+        let ae: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = self.decode(&m)?;
+        let leader_commit = ae.leader_commit.map(|l| l.index);
+        let r = raft.append_entries(ae).await;
+        if r.is_ok() {
+            readiness.leader_contact(leader_commit);
+        }
+        encode(&r)
     }
 
     /// The proposer of group `n`.
@@ -144,14 +157,16 @@ fn submit_response(
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = req.into_inner();
-        let (raft, readiness) = self.core(m.group)?;
-        let ae: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = self.decode(&m)?;
-        let leader_commit = ae.leader_commit.map(|l| l.index);
-        let r = raft.append_entries(ae).await;
-        if r.is_ok() {
-            readiness.leader_contact(leader_commit);
+        if self.group(m.group)? == Group::Queues {
+            // Decoded and handed to the queue group's core on the bulk
+            // runtime, where that core runs (bulk.rs).
+            let this = self.clone();
+            return crate::bulk::handle()
+                .spawn(async move { this.append(m).await })
+                .await
+                .map_err(|e| Status::internal(format!("append entries: {e}")))?;
         }
-        encode(&r)
+        self.append(m).await
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

@@ -78,7 +78,7 @@ impl QueueGroup {
     /// Opens the group's storage under `<data_dir>/queues` and starts its
     /// Raft core.
     pub async fn open(
-        data_dir: &std::path::Path,
+        data_dir: std::path::PathBuf,
         config: Arc<openraft::Config>,
         peers: PeerClient,
         local: Arc<LocalState>,

@@ -48,6 +48,7 @@ async fn start(size: u64) -> Cluster {
             node_down_after: Duration::from_secs(2),
             snapshot_every: 10_000,
             write_timeout: Duration::from_secs(3),
+            bulk_nice: 0,
         };
         let auth = Arc::new(AuthService::new(Default::default()));
         let node = ClusterNode::start(

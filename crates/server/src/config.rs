@@ -70,6 +70,7 @@ pub struct ClusterSection {
     pub election_timeout_ms: u64,
     pub snapshot_every: u64,
     pub write_timeout_ms: u64,
+    pub bulk_nice: i32,
 }
 
 impl Default for ClusterSection {
@@ -86,6 +87,7 @@ impl Default for ClusterSection {
             election_timeout_ms: 1000,
             snapshot_every: 10_000,
             write_timeout_ms: 5000,
+            bulk_nice: 10,
         }
     }
 }
@@ -218,6 +220,9 @@ impl Config {
         }
         if c.write_timeout_ms < 100 {
             return Err(ConfigError::new("cluster.write_timeout_ms", "must be at least 100"));
+        }
+        if !(0..=19).contains(&c.bulk_nice) {
+            return Err(ConfigError::new("cluster.bulk_nice", "must be from 0 to 19"));
         }
         for (key, v) in [
             ("cluster.advertise_grpc", &c.advertise_grpc),
@@ -398,6 +403,8 @@ mod tests {
         let e =
             load(None, &no_env, &[("mqtt.max_inflight".into(), "\"lots\"".into())]).unwrap_err().to_string();
         assert!(e.contains("mqtt.max_inflight"), "{e}");
+        let e = load(None, &no_env, &[("cluster.bulk_nice".into(), "20".into())]).unwrap_err().to_string();
+        assert!(e.contains("cluster.bulk_nice"), "{e}");
         let e = load(None, &no_env, &[("mqtt.nope".into(), "1".into())]).unwrap_err().to_string();
         assert!(e.contains("mqtt.nope"), "{e}");
         let env = |k: &str| (k == "STARLING_LISTENERS_HTTP").then(|| "nowhere".to_string());

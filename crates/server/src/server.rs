@@ -124,6 +124,7 @@ pub async fn run(
         node_down_after: Duration::from_secs(c.node_down_after_secs),
         snapshot_every: c.snapshot_every,
         write_timeout: Duration::from_millis(c.write_timeout_ms),
+        bulk_nice: c.bulk_nice,
     };
     let grpc = listeners.grpc.context("the gRPC listener (cluster.grpc) is required")?;
     let auth = Arc::new(AuthService::new(AuthSettings {

@@ -1,0 +1,163 @@
+//! Which runtime serves a peer connection. A node's bulk connections
+//! (the durable queues' Raft group, durable groups submitted to its
+//! leader: `peer_client::Lane::Bulk`) open with `BULK_MARKER` before
+//! HTTP/2; the gRPC listener's accept loop (`sort_incoming`) reads it and
+//! hands such a connection to a second tonic server running on the bulk
+//! runtime (bulk.rs), so that their HTTP/2 framing and handlers run
+//! there, at the bulk threads' priority. Every other connection (the main
+//! group's, forwarded publishes, an operator's `starling cluster ...`, any
+//! standard gRPC client: HTTP/2 begins with "PRI * HTTP/2.0") goes to the
+//! server on the main runtime.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Uri;
+
+/// What a bulk connection sends before its HTTP/2 preface.
+pub const BULK_MARKER: &[u8; 16] = b"STARLING-BULK/1\n";
+/// A connection that sent nothing this long after it opened is closed.
+const FIRST_BYTES: Duration = Duration::from_secs(10);
+/// Accepted connections waiting for their server; the accept loop waits
+/// while this many are.
+const WAITING: usize = 64;
+
+/// Connects a bulk channel: TCP (Nagle off), then `BULK_MARKER`.
+#[derive(Clone, Copy, Default)]
+pub struct BulkConnector;
+
+impl tower_service::Service<Uri> for BulkConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(async move {
+            let host = uri.host().ok_or_else(|| io::Error::other(format!("no host in {uri}")))?;
+            let port = uri.port_u16().ok_or_else(|| io::Error::other(format!("no port in {uri}")))?;
+            let mut stream = TcpStream::connect((host, port)).await?;
+            stream.set_nodelay(true)?;
+            stream.write_all(BULK_MARKER).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// The two servers' incoming connections.
+pub struct Sorted {
+    pub main: mpsc::Receiver<io::Result<TcpStream>>,
+    pub bulk: mpsc::Receiver<io::Result<TcpStream>>,
+}
+
+/// Accepts on `listener` until `stop`, each connection sorted by its
+/// first bytes (on a task of its own: a slow client holds up no other).
+pub fn sort_incoming(listener: TcpListener, mut stop: watch::Receiver<bool>) -> Sorted {
+    let (main_tx, main) = mpsc::channel(WAITING);
+    let (bulk_tx, bulk) = mpsc::channel(WAITING);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let (main_tx, bulk_tx) = (main_tx.clone(), bulk_tx.clone());
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(FIRST_BYTES, lane_of(stream)).await {
+                            Ok(Ok((stream, true))) => drop(bulk_tx.send(Ok(stream)).await),
+                            Ok(Ok((stream, false))) => drop(main_tx.send(Ok(stream)).await),
+                            Ok(Err(e)) => tracing::debug!(error = %e, "peer connection refused"),
+                            Err(_) => tracing::debug!("peer connection closed: nothing sent"),
+                        }
+                    });
+                }
+                // Out of descriptors and the like: the listener stays,
+                // the next accept may succeed.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a peer connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Sorted { main, bulk }
+}
+
+/// Whether `stream` is a bulk connection (its marker read off), by its
+/// first bytes.
+async fn lane_of(mut stream: TcpStream) -> io::Result<(TcpStream, bool)> {
+    stream.set_nodelay(true)?;
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before sending anything"));
+    }
+    if first[0] != BULK_MARKER[0] {
+        return Ok((stream, false));
+    }
+    let mut marker = [0u8; BULK_MARKER.len()];
+    stream.read_exact(&mut marker).await?;
+    if &marker != BULK_MARKER {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "neither HTTP/2 nor a bulk connection"));
+    }
+    Ok((stream, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_service::Service;
+
+    async fn sorted() -> (Sorted, Uri, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let uri: Uri = format!("http://{}", listener.local_addr().expect("addr")).parse().expect("uri");
+        let (stop_tx, stop) = watch::channel(false);
+        (sort_incoming(listener, stop), uri, stop_tx)
+    }
+
+    async fn first_bytes(stream: io::Result<TcpStream>, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        stream.expect("accepted").read_exact(&mut buf).await.expect("read");
+        buf
+    }
+
+    #[tokio::test]
+    async fn connections_are_sorted_by_their_first_bytes() {
+        let (mut s, uri, _stop) = sorted().await;
+        let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+
+        // A standard HTTP/2 client: the main server, its bytes untouched.
+        let mut plain = TcpStream::connect(&addr).await.expect("connect");
+        plain.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+        let got = tokio::time::timeout(Duration::from_secs(5), s.main.recv()).await.expect("main").unwrap();
+        assert_eq!(first_bytes(got, 16).await, b"PRI * HTTP/2.0\r\n");
+
+        // A bulk connection: the bulk server, the marker read off.
+        let mut bulk = BulkConnector.call(uri.clone()).await.expect("bulk connect").into_inner();
+        bulk.write_all(b"PRI").await.expect("write");
+        let got = tokio::time::timeout(Duration::from_secs(5), s.bulk.recv()).await.expect("bulk").unwrap();
+        assert_eq!(first_bytes(got, 3).await, b"PRI");
+
+        // Neither HTTP/2 nor the marker, or closed at once: refused.
+        let mut odd = TcpStream::connect(&addr).await.expect("connect");
+        odd.write_all(b"SOMETHING-ELSE/1").await.expect("write");
+        drop(TcpStream::connect(&addr).await.expect("connect"));
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), odd.read(&mut buf)).await.expect("closed");
+        assert!(matches!(closed, Ok(0) | Err(_)), "the odd connection is closed: {closed:?}");
+        // The one closed at once reaches neither server either.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(s.main.try_recv().is_err() && s.bulk.try_recv().is_err());
+    }
+}
