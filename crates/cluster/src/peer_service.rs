@@ -93,18 +93,6 @@ impl PeerService {
         })
     }
 
-    /// An AppendEntries RPC into group `m.group`'s core.
-    async fn append(&self, m: RaftMessage) -> Result<Response<RaftMessage>, Status> {
-        let (raft, readiness) = self.core(m.group)?;
-        let ae: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = self.decode(&m)?;
-        let leader_commit = ae.leader_commit.map(|l| l.index);
-        let r = raft.append_entries(ae).await;
-        if r.is_ok() {
-            readiness.leader_contact(leader_commit);
-        }
-        encode(&r)
-    }
-
     /// The proposer of group `n`.
     fn proposer(&self, n: u32) -> Result<&Proposer, ServiceError> {
         Ok(match self.group(n)? {
@@ -157,16 +145,14 @@ fn submit_response(
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = req.into_inner();
-        if self.group(m.group)? == Group::Queues {
-            // Decoded and handed to the queue group's core on the bulk
-            // runtime, where that core runs (bulk.rs).
-            let this = self.clone();
-            return crate::bulk::handle()
-                .spawn(async move { this.append(m).await })
-                .await
-                .map_err(|e| Status::internal(format!("append entries: {e}")))?;
+        let (raft, readiness) = self.core(m.group)?;
+        let ae: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = self.decode(&m)?;
+        let leader_commit = ae.leader_commit.map(|l| l.index);
+        let r = raft.append_entries(ae).await;
+        if r.is_ok() {
+            readiness.leader_contact(leader_commit);
         }
-        self.append(m).await
+        encode(&r)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
