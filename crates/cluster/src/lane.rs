@@ -25,8 +25,10 @@ use tonic::transport::Uri;
 pub const BULK_MARKER: &[u8; 16] = b"STARLING-BULK/1\n";
 /// A connection that sent nothing this long after it opened is closed.
 const FIRST_BYTES: Duration = Duration::from_secs(10);
-/// Accepted connections waiting for their server; the accept loop waits
-/// while this many are.
+/// Sorted connections waiting for their server to take them; beyond
+/// this, a connection's sorting task waits (the accept loop does not).
+/// As with any gRPC listener, connections themselves are not capped
+/// here: keep the port on a private network (docs/operations.md).
 const WAITING: usize = 64;
 
 /// Connects a bulk channel: TCP (Nagle off), then `BULK_MARKER`.
@@ -79,7 +81,7 @@ pub fn sort_incoming(listener: TcpListener, mut stop: watch::Receiver<bool>) -> 
                             Ok(Ok((stream, true))) => drop(bulk_tx.send(Ok(stream)).await),
                             Ok(Ok((stream, false))) => drop(main_tx.send(Ok(stream)).await),
                             Ok(Err(e)) => tracing::debug!(error = %e, "peer connection refused"),
-                            Err(_) => tracing::debug!("peer connection closed: nothing sent"),
+                            Err(_) => tracing::debug!("peer connection closed: too slow to say what it is"),
                         }
                     });
                 }
