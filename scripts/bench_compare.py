@@ -388,6 +388,10 @@ DURABLE_RATE = 5_000  # fixed rate for the PUBACK latency comparison
 LOADED_SHARE = 0.5    # background durable load for the control latency rows, share of its max
 
 
+CONTROL_SAMPLES = 3   # control latency rounds, idle and loaded each; the page shows their medians
+CONTROL_FIELDS = (("sub", "latency"), ("connect", "connect_latency"))
+
+
 def control_latency(pids, cpu):
     """SUBSCRIBE→SUBACK (one client, 300 subscribes) and CONNECT→CONNACK
     (300 connects one at a time), both through a follower."""
@@ -396,6 +400,12 @@ def control_latency(pids, cpu):
     conn = bench(["conn-storm", "--connections", "300", "--concurrency", "1", "--target", "127.0.0.1:24882",
                   "--quiet"], pids, cpu=cpu)
     return {"sub": sub, "connect": conn}
+
+
+def control_median(samples):
+    """The rounds' median p50 and median p99, in control_latency's shape."""
+    return {kind: {field: {q: statistics.median(s[kind][field][q] for s in samples) for q in ("p50_us", "p99_us")}}
+            for kind, field in CONTROL_FIELDS}
 
 
 def run_durable(pids, duration, cpu):
@@ -413,18 +423,24 @@ def run_durable(pids, duration, cpu):
         log(f"  PUBACK latency at {DURABLE_RATE}/s, {kind}")
         res[f"ack_{kind}"] = bench([*q1, *extra, "--rate", str(DURABLE_RATE), "--duration", str(duration)],
                                    pids, cpu=cpu)
-    log("  control latency, idle")
-    res["control_idle"] = control_latency(pids, cpu)
+    log(f"  control latency, idle ({CONTROL_SAMPLES} rounds)")
+    idle = [control_latency(pids, cpu) for _ in range(CONTROL_SAMPLES)]
     per_pub = max(1, int(res["durable_q1_p4"]["offered_max"] * LOADED_SHARE) // 4)
-    log(f"  control latency under durable load ({per_pub * 4}/s, four pairs)")
+    log(f"  control latency under durable load ({per_pub * 4}/s, four pairs, {CONTROL_SAMPLES} rounds)")
     background = subprocess.Popen(["taskset", "-c", cpu, BENCH, "p2p", "-q", "1", "--inflight", "256",
                                    "--publishers", "4", "--persistent", *CROSS, "--rate", str(per_pub),
-                                   "--duration", "15", "--json"], stdout=subprocess.PIPE, text=True)
+                                   "--duration", "30", "--json"], stdout=subprocess.PIPE, text=True)
+    loaded = []
     try:
         time.sleep(3)
-        res["control_loaded"] = control_latency(pids, cpu)
+        for _ in range(CONTROL_SAMPLES):
+            loaded.append(control_latency(pids, cpu))
+            if background.poll() is not None:
+                raise RuntimeError("the background load ended before the control latency rounds")
     finally:
         out, _ = background.communicate(timeout=120)
+    res["control_idle_rounds"], res["control_loaded_rounds"] = idle, loaded
+    res["control_idle"], res["control_loaded"] = control_median(idle), control_median(loaded)
     res["control_load"] = json.loads(out) if background.returncode == 0 and out.strip() else {}
     res["control_load_offered"] = per_pub * 4
     return res
@@ -587,7 +603,18 @@ def durable_section(w, cluster):
     w(f"Control-plane latency through a follower, idle and under a background durable load of "
       f"{cluster['control_load_offered']:,} messages/s (half the four-pair maximum; delivered "
       f"{load.get('recv_rate', 0):.0f}/s, lost {load.get('lost', '?')}): SUBSCRIBE→SUBACK of one client "
-      "subscribing 300 times, CONNECT→CONNACK of 300 clients one at a time.\n")
+      "subscribing 300 times, CONNECT→CONNACK of 300 clients one at a time.")
+    rounds = list(zip(cluster.get("control_idle_rounds", []), cluster.get("control_loaded_rounds", [])))
+    if rounds:
+        w(f"{len(rounds)} rounds idle, then {len(rounds)} under the load; the table has the median p50 and the "
+          "median p99 of the rounds. Each round's p50 / p99 in ms, idle → loaded: " + "; ".join(
+              f"{what} " + ", ".join(f"{i[kind][field]['p50_us'] / 1000:.2f} / {i[kind][field]['p99_us'] / 1000:.2f}"
+                                     f" → {l[kind][field]['p50_us'] / 1000:.2f} / {l[kind][field]['p99_us'] / 1000:.2f}"
+                                     for i, l in rounds)
+              for (kind, field), what in zip(CONTROL_FIELDS, ("SUBSCRIBE", "CONNECT"))) + ".")
+    else:
+        w("One round idle, one under the load.")
+    w("")
     w("| | idle p50 / p99 | under durable load p50 / p99 | ratio p50 / p99 |")
     w("| --- | ---: | ---: | ---: |")
     for kind, field, what in (("sub", "latency", "SUBSCRIBE→SUBACK"), ("connect", "connect_latency",
