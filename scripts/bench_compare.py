@@ -389,7 +389,8 @@ LOADED_SHARE = 0.5    # background durable load for the control latency rows, sh
 
 
 CONTROL_SAMPLES = 3   # control latency rounds, idle and loaded each; the page shows their medians
-CONTROL_FIELDS = (("sub", "latency"), ("connect", "connect_latency"))
+# The two control operations: key in control_latency's result, latency field, name on the page.
+CONTROL_KINDS = (("sub", "latency", "SUBSCRIBE→SUBACK"), ("connect", "connect_latency", "CONNECT→CONNACK"))
 
 
 def control_latency(pids, cpu):
@@ -405,7 +406,7 @@ def control_latency(pids, cpu):
 def control_median(samples):
     """The rounds' median p50 and median p99, in control_latency's shape."""
     return {kind: {field: {q: statistics.median(s[kind][field][q] for s in samples) for q in ("p50_us", "p99_us")}}
-            for kind, field in CONTROL_FIELDS}
+            for kind, field, _ in CONTROL_KINDS}
 
 
 def run_durable(pids, duration, cpu):
@@ -611,14 +612,13 @@ def durable_section(w, cluster):
               f"{what} " + ", ".join(f"{i[kind][field]['p50_us'] / 1000:.2f} / {i[kind][field]['p99_us'] / 1000:.2f}"
                                      f" → {l[kind][field]['p50_us'] / 1000:.2f} / {l[kind][field]['p99_us'] / 1000:.2f}"
                                      for i, l in rounds)
-              for (kind, field), what in zip(CONTROL_FIELDS, ("SUBSCRIBE", "CONNECT"))) + ".")
+              for kind, field, what in CONTROL_KINDS) + ".")
     else:
         w("One round idle, one under the load.")
     w("")
     w("| | idle p50 / p99 | under durable load p50 / p99 | ratio p50 / p99 |")
     w("| --- | ---: | ---: | ---: |")
-    for kind, field, what in (("sub", "latency", "SUBSCRIBE→SUBACK"), ("connect", "connect_latency",
-                                                                       "CONNECT→CONNACK")):
+    for kind, field, what in CONTROL_KINDS:
         i, l = idle[kind][field], loaded[kind][field]
         w(f"| {what} | {i['p50_us'] / 1000:.2f} / {i['p99_us'] / 1000:.2f} ms | "
           f"{l['p50_us'] / 1000:.2f} / {l['p99_us'] / 1000:.2f} ms | "
@@ -795,8 +795,7 @@ def write_doc(path, m, single, idle, unpinned, cluster, micro, reps, duration, a
             target_row(f"durable QoS 1 (persistent subscriber), {what}", "≥ 25% of non-durable cross-node QoS 1",
                        f"{share:.0f}%", share >= 25)
         idle, loaded = cluster["control_idle"], cluster["control_loaded"]
-        for kind, field, what in (("sub", "latency", "SUBSCRIBE→SUBACK"), ("connect", "connect_latency",
-                                                                           "CONNECT→CONNACK")):
+        for kind, field, what in CONTROL_KINDS:
             i, l = idle[kind][field], loaded[kind][field]
             r50, r99 = l["p50_us"] / i["p50_us"], l["p99_us"] / i["p99_us"]
             target_row(f"{what} under durable load", "≤ 2× idle (p50 and p99)",
