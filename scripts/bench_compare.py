@@ -359,9 +359,7 @@ def run_cluster(tmp, duration):
             log(f"  QoS {q} cross node")
             res[f"cross_q{q}"] = find_max(cross, pids, 1, duration, 50_000, 4_000_000, cpu=allcpu)
         log("  QoS 1 cross node, four pairs")
-        res["cross_q1_p4"] = find_max(["p2p", "-q", "1", "--inflight", "256", "--publishers", "4",
-                                       "--pub-target", "127.0.0.1:24881", "--sub-target", "127.0.0.1:24882",
-                                       "--quiet"], pids, 4, duration, 100_000, 4_000_000, cpu=allcpu)
+        res["cross_q1_p4"] = search("cross_q1_p4", pids, duration, allcpu)
         for via, port in (("leader", 24881), ("follower", 24882)):
             for clients in (1, 20):
                 log(f"  SUBACK latency via the {via}, {clients} concurrent clients")
@@ -371,7 +369,7 @@ def run_cluster(tmp, duration):
         log("  CONNECT rate per node")
         res["storm"] = bench(["conn-storm", "--connections", "5000", "--concurrency", "100",
                               "--target", "127.0.0.1:24882", "--quiet"], pids, cpu=allcpu)
-        res.update(run_durable(pids, duration, allcpu))
+        res.update(run_durable(pids, duration, allcpu, res))
         return res
     finally:
         for n in nodes:
@@ -386,6 +384,33 @@ CROSS = ["--pub-target", "127.0.0.1:24881", "--sub-target", "127.0.0.1:24882", "
 VIA_FOLLOWER = ["--pub-target", "127.0.0.1:24882", "--sub-target", "127.0.0.1:24883", "--quiet"]
 DURABLE_RATE = 5_000  # fixed rate for the PUBACK latency comparison
 LOADED_SHARE = 0.5    # background durable load for the control latency rows, share of its max
+
+
+# The throughput searches the durable rows compare (name: bench args,
+# publishers, start rate, cap). The non-durable ones are the page's
+# cross-node rows; run_cluster runs them first, run_durable again in its
+# later rounds.
+Q1 = ["p2p", "-q", "1", "--inflight", "256"]
+THROUGHPUT = {
+    "cross_q1": ([*Q1, *CROSS], 1, 50_000, 4_000_000),
+    "cross_q1_p4": ([*Q1, "--publishers", "4", *CROSS], 4, 100_000, 4_000_000),
+    "durable_q1": ([*Q1, "--persistent", *CROSS], 1, 20_000, 2_000_000),
+    "durable_q1_follower": ([*Q1, "--persistent", *VIA_FOLLOWER], 1, 20_000, 2_000_000),
+    "durable_q1_p4": ([*Q1, "--publishers", "4", "--persistent", *CROSS], 4, 40_000, 2_000_000),
+}
+# Rounds of the throughput searches above, alternated (non-durable, then
+# durable, in each round): the page has each one's median. One search
+# varies by up to ±20 % between runs on this machine; the durable share
+# is a ratio of two of them.
+THROUGHPUT_ROUNDS = 3
+THROUGHPUT_NAMES = {"cross_q1": "non-durable one pair", "cross_q1_p4": "non-durable four pairs",
+                    "durable_q1": "durable one pair", "durable_q1_follower": "durable one pair, publisher on a follower",
+                    "durable_q1_p4": "durable four pairs"}
+
+
+def search(name, pids, duration, cpu):
+    args, publishers, start, cap = THROUGHPUT[name]
+    return find_max(args, pids, publishers, duration, start, cap, cpu=cpu)
 
 
 CONTROL_SAMPLES = 3   # control latency rounds, idle and loaded each; the page shows their medians
@@ -409,17 +434,22 @@ def control_median(samples):
             for kind, field, _ in CONTROL_KINDS}
 
 
-def run_durable(pids, duration, cpu):
+def run_durable(pids, duration, cpu, first):
+    """The durable rows, the non-durable rows they divide by (`first`: the
+    cluster's first round of those), PUBACK latency, control latency."""
     res = {}
-    q1 = ["p2p", "-q", "1", "--inflight", "256", *CROSS]
-    log("  durable QoS 1 cross node (persistent subscriber)")
-    res["durable_q1"] = find_max([*q1, "--persistent"], pids, 1, duration, 20_000, 2_000_000, cpu=cpu)
-    log("  durable QoS 1 cross node, publisher on a follower")
-    res["durable_q1_follower"] = find_max(["p2p", "-q", "1", "--inflight", "256", "--persistent", *VIA_FOLLOWER],
-                                          pids, 1, duration, 20_000, 2_000_000, cpu=cpu)
-    log("  durable QoS 1 cross node, four pairs")
-    res["durable_q1_p4"] = find_max(["p2p", "-q", "1", "--inflight", "256", "--publishers", "4", "--persistent",
-                                     *CROSS], pids, 4, duration, 40_000, 2_000_000, cpu=cpu)
+    rounds = {name: [] for name in THROUGHPUT}
+    for n in range(THROUGHPUT_ROUNDS):
+        for name in THROUGHPUT:
+            if n == 0 and name in first:
+                rounds[name].append(first[name])
+                continue
+            log(f"  round {n + 1}/{THROUGHPUT_ROUNDS}: {name}")
+            rounds[name].append(search(name, pids, duration, cpu))
+    for name, runs in rounds.items():
+        res[name] = median_run(runs)
+    res["throughput_rounds"] = {name: [r["recv_rate"] for r in runs] for name, runs in rounds.items()}
+    q1 = [*Q1, *CROSS]
     for kind, extra in (("plain", []), ("durable", ["--persistent"])):
         log(f"  PUBACK latency at {DURABLE_RATE}/s, {kind}")
         res[f"ack_{kind}"] = bench([*q1, *extra, "--rate", str(DURABLE_RATE), "--duration", str(duration)],
@@ -584,6 +614,13 @@ def durable_section(w, cluster):
       "Publisher on node 1 (the leader) and subscriber on node 2, except the follower row: publisher on node 2, "
       "subscriber on node 3, compared with the same non-durable one-pair row (a non-durable message does not go "
       "through the leader).\n")
+    per_round = cluster.get("throughput_rounds")
+    if per_round:
+        n = len(next(iter(per_round.values())))
+        w(f"Each throughput row is the median of {n} searches, alternated in {n} rounds (each round the non-durable "
+          "rows, then the durable ones); the other figures of a row are from that median search. Deliveries/s of "
+          "each round: " + "; ".join(f"{THROUGHPUT_NAMES[k]} " + ", ".join(fmt_rate(v) for v in per_round[k])
+                                      for k in THROUGHPUT if k in per_round) + ".\n")
     w("| | non-durable | durable | durable / non-durable |")
     w("| --- | ---: | ---: | ---: |")
     for key, plain, what in durable_rows(cluster):
