@@ -20,13 +20,14 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::transport::Uri;
 
 /// What a bulk connection sends before its HTTP/2 preface.
@@ -35,9 +36,13 @@ pub const BULK_MARKER: &[u8; 16] = b"STARLING-BULK/1\n";
 const FIRST_BYTES: Duration = Duration::from_secs(10);
 /// Sorted connections waiting for their server to take them; beyond
 /// this, a connection's sorting task waits (the accept loop does not).
-/// As with any gRPC listener, connections themselves are not capped
-/// here: keep the port on a private network (docs/operations.md).
 const WAITING: usize = 64;
+/// Connections accepted and not sorted yet (silent so far, or waiting
+/// for their server); one accepted beyond this is closed at once. Peers
+/// keep a few connections each, so only something that is not a peer
+/// fills it. Sorted connections are not capped here, as with any gRPC
+/// listener: keep the port on a private network (docs/operations.md).
+const SORTING: usize = 1024;
 
 /// Connects a bulk channel: TCP (Nagle off), then `BULK_MARKER`.
 #[derive(Clone, Copy, Default)]
@@ -74,19 +79,35 @@ pub struct Sorted {
 
 /// Accepts on `listener` until `stop`, each connection sorted by its
 /// first bytes (on a task of its own: a slow client holds up no other).
-pub fn sort_incoming(listener: TcpListener, mut stop: watch::Receiver<bool>) -> Sorted {
+pub fn sort_incoming(listener: TcpListener, stop: watch::Receiver<bool>) -> Sorted {
+    sort_incoming_at_most(listener, stop, SORTING)
+}
+
+fn sort_incoming_at_most(listener: TcpListener, mut stop: watch::Receiver<bool>, sorting: usize) -> Sorted {
     let (main_tx, main) = mpsc::channel(WAITING);
     let (bulk_tx, bulk) = mpsc::channel(WAITING);
+    let slots = Arc::new(Semaphore::new(sorting));
     tokio::spawn(async move {
+        let mut refused: u64 = 0;
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = stop.wait_for(|s| *s) => return,
             };
             match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, from)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        // Logged at the first and then every 1,024th.
+                        if refused.is_multiple_of(1024) {
+                            tracing::warn!(%from, refused = refused + 1, limit = sorting,
+                                "peer connection closed: too many connections not sorted yet");
+                        }
+                        refused += 1;
+                        continue;
+                    };
                     let (main_tx, bulk_tx) = (main_tx.clone(), bulk_tx.clone());
                     tokio::spawn(async move {
+                        let _slot = slot;
                         match tokio::time::timeout(FIRST_BYTES, lane_of(stream)).await {
                             Ok(Ok((stream, true))) => match into_bulk_reactor(stream) {
                                 Ok(stream) => drop(bulk_tx.send(Ok(stream)).await),
@@ -156,6 +177,29 @@ mod tests {
         let mut buf = vec![0u8; n];
         stream.expect("accepted").read_exact(&mut buf).await.expect("read");
         buf
+    }
+
+    #[tokio::test]
+    async fn connections_not_sorted_yet_are_capped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut s = sort_incoming_at_most(listener, stop, 1);
+        // A silent connection holds the one slot: the next is closed at once.
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut over = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await.expect("closed");
+        assert!(matches!(closed, Ok(0) | Err(_)), "over the cap: closed, {closed:?}");
+        // Once sorted, the slot is free again.
+        silent.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+        let got = tokio::time::timeout(Duration::from_secs(5), s.main.recv()).await.expect("main").unwrap();
+        assert_eq!(first_bytes(got, 16).await, b"PRI * HTTP/2.0\r\n");
+        let mut next = TcpStream::connect(addr).await.expect("connect");
+        next.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+        let got = tokio::time::timeout(Duration::from_secs(5), s.main.recv()).await.expect("main").unwrap();
+        assert_eq!(first_bytes(got, 16).await, b"PRI * HTTP/2.0\r\n");
     }
 
     #[tokio::test]
