@@ -2,6 +2,17 @@
 //! small protobuf envelope (`PeerClient::raft`), which also carries the
 //! cluster id and the format version, so a node of another cluster or of
 //! an incompatible version is refused rather than misread.
+//!
+//! AppendEntries go on one long-lived `AppendStream` per replication
+//! target: openraft sends a target one at a time, and a unary call cost
+//! every round an HTTP/2 stream, its headers and trailers, and a server
+//! task (measured with a durable load of 50k messages/s: the three nodes'
+//! CPU 1.26 → 1.17 cores at the same rate, three fresh clusters each). A
+//! request is answered before the next is sent (the stream's buffer holds
+//! one); a failure or a timeout drops the stream, and the next round
+//! opens another. A peer that does not know `AppendStream` (an older
+//! version, during a rolling upgrade) gets unary `AppendEntries` from this
+//! connection on. Votes and snapshots stay unary.
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -9,10 +20,17 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use std::time::Duration;
+
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Streaming};
 
 use crate::error::PeerError;
+use crate::pb::peer::RaftMessage;
 use crate::peer_client::{PeerClient, RaftRpc};
 use crate::types::{Group, NodeId, NodeInfo, TypeConfig};
 
@@ -28,13 +46,34 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     peers: PeerClient,
+    stream: Option<AppendStream>,
+    /// The target does not know `AppendStream`: unary calls.
+    unary: bool,
 }
+
+/// An open `AppendStream`: requests in, answers in the same order.
+struct AppendStream {
+    requests: mpsc::Sender<RaftMessage>,
+    /// Only ever used through `&mut` (openraft calls one RPC at a time);
+    /// the lock makes the connection `Sync`, as openraft requires.
+    answers: tokio::sync::Mutex<Streaming<RaftMessage>>,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>;
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
-        Connection { group: self.group, target, addr: node.grpc.clone(), peers: self.peers.clone() }
+        Connection {
+            group: self.group,
+            target,
+            addr: node.grpc.clone(),
+            peers: self.peers.clone(),
+            stream: None,
+            unary: false,
+        }
     }
 }
 
@@ -49,33 +88,71 @@ impl std::fmt::Display for Msg {
 
 impl std::error::Error for Msg {}
 
+fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
+    match e {
+        PeerError::Unreachable(why) => RPCError::Unreachable(Unreachable::new(&Msg(why))),
+        e => RPCError::Network(NetworkError::new(&Msg(e.to_string()))),
+    }
+}
+
 impl Connection {
-    async fn call<Req, Resp, E>(
-        &mut self,
-        rpc: RaftRpc,
-        req: &Req,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>
+    async fn call<Req, Resp, E>(&mut self, rpc: RaftRpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let answer = match self
+        let answer = self
             .peers
             .raft(self.group, self.target, &self.addr, rpc, data.into(), option.hard_ttl())
             .await
-        {
-            Ok(a) => a,
-            Err(PeerError::Unreachable(why)) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&Msg(why))))
-            }
-            Err(e) => return Err(RPCError::Network(NetworkError::new(&Msg(e.to_string())))),
-        };
+            .map_err(rpc_error)?;
+        self.decode_answer(&answer)
+    }
+
+    fn decode_answer<Resp, E>(&self, answer: &[u8]) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let result: Result<Resp, RaftError<NodeId, E>> =
-            bincode::deserialize(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            bincode::deserialize(answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// One AppendEntries on the stream (opened first if there is none);
+    /// any failure drops the stream.
+    async fn exchange(&mut self, data: Bytes, timeout: Duration) -> Result<Bytes, PeerError> {
+        let msg = self.peers.raft_message(self.group, self.target, data);
+        let opened = self.stream.is_none();
+        let round = async {
+            if opened {
+                let (requests, rx) = mpsc::channel(1);
+                let answers = self.peers.open_append(self.group, &self.addr, ReceiverStream::new(rx)).await?;
+                self.stream = Some(AppendStream { requests, answers: tokio::sync::Mutex::new(answers) });
+            }
+            let Some(s) = self.stream.as_mut() else {
+                return Err(PeerError::Unreachable("no AppendEntries stream".into()));
+            };
+            s.requests
+                .send(msg)
+                .await
+                .map_err(|_| PeerError::Unreachable("AppendEntries stream closed".into()))?;
+            match s.answers.get_mut().message().await {
+                Ok(Some(answer)) => Ok(answer.data),
+                Ok(None) => Err(PeerError::Unreachable("AppendEntries stream ended".into())),
+                Err(status) => Err(status.into()),
+            }
+        };
+        let outcome = match tokio::time::timeout(timeout, round).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::Unreachable(format!("no answer within {timeout:?}"))),
+        };
+        if outcome.is_err() {
+            self.stream = None;
+        }
+        outcome
     }
 }
 
@@ -85,6 +162,18 @@ impl RaftNetwork<TypeConfig> for Connection {
         req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        if !self.unary {
+            let data = bincode::serialize(&req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            match self.exchange(data.into(), option.hard_ttl()).await {
+                Ok(answer) => return self.decode_answer(&answer),
+                Err(PeerError::Refused { code: Code::Unimplemented, .. }) => {
+                    tracing::info!(node = %self.target, addr = %self.addr,
+                        "peer does not know AppendStream (an older version): unary AppendEntries");
+                    self.unary = true;
+                }
+                Err(e) => return Err(rpc_error(e)),
+            }
+        }
         self.call::<_, _, openraft::error::Infallible>(RaftRpc::Append, &req, &option).await
     }
 
@@ -105,5 +194,46 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         self.call::<_, _, openraft::error::Infallible>(RaftRpc::Vote, &req, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::network::RaftNetworkFactory;
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::*;
+    use crate::peer_client::ClusterId;
+    use crate::types::Vote;
+
+    #[tokio::test]
+    async fn a_peer_without_append_stream_gets_unary_calls() {
+        // A gRPC server that knows none of the peer service's methods, as
+        // a version before AppendStream does not know that one.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(tonic::service::Routes::default())
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let mut network = Network {
+            peers: PeerClient::new(NodeId(1), ClusterId::new(Some("c".into()))),
+            group: Group::Main,
+        };
+        let node = NodeInfo { grpc: addr.to_string(), ..Default::default() };
+        let mut conn = network.new_client(NodeId(2), &node).await;
+        let req = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new(1, NodeId(1)),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        let r = conn.append_entries(req, RPCOption::new(Duration::from_secs(5))).await;
+        assert!(conn.unary, "switched to unary AppendEntries");
+        assert!(conn.stream.is_none());
+        // Which this server does not know either: refused, not unreachable.
+        assert!(matches!(r, Err(RPCError::Network(_))), "{r:?}");
     }
 }

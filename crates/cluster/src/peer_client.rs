@@ -277,6 +277,27 @@ impl PeerClient {
         Ok(self.peer_on(addr, Lane::Forward)?.forward(batches).await?.into_inner())
     }
 
+    /// Opens an AppendEntries stream of `group` to the node at `addr`.
+    pub async fn open_append(
+        &self,
+        group: Group,
+        addr: &str,
+        requests: impl tonic::IntoStreamingRequest<Message = RaftMessage>,
+    ) -> Result<Streaming<RaftMessage>, PeerError> {
+        Ok(self.peer_on(addr, Lane::of(group))?.append_stream(requests).await?.into_inner())
+    }
+
+    /// The envelope of a Raft message of `group` for node `to`.
+    pub fn raft_message(&self, group: Group, to: NodeId, data: Bytes) -> RaftMessage {
+        RaftMessage {
+            cluster_id: self.cluster_id.get().to_string(),
+            data,
+            format: FORMAT_VERSION,
+            to_node: to.0,
+            group: group.wire(),
+        }
+    }
+
     /// Opens an ordered submit stream to the leader at `addr`.
     pub async fn open_submit(
         &self,

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use starling_broker::ids::ClientId;
 use starling_broker::replicated::Command;
 use starling_broker::Broker;
@@ -141,10 +141,11 @@ fn submit_response(
     }
 }
 
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let m = req.into_inner();
+type RaftStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
+impl PeerService {
+    /// One AppendEntries, unary or from a stream.
+    async fn append_one(&self, m: RaftMessage) -> Result<Response<RaftMessage>, Status> {
         let (raft, readiness) = self.core(m.group)?;
         let ae: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = self.decode(&m)?;
         let leader_commit = ae.leader_commit.map(|l| l.index);
@@ -153,6 +154,29 @@ impl Peer for PeerService {
             readiness.leader_contact(leader_commit);
         }
         encode(&r)
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.append_one(req.into_inner()).await
+    }
+
+    type AppendStreamStream = RaftStream;
+
+    /// AppendEntries one after another, each answered before the next is
+    /// read (network.rs). A refusal ends the stream with its status.
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<RaftStream>, Status> {
+        let this = self.clone();
+        let answers = req.into_inner().then(move |m| {
+            let this = this.clone();
+            async move { this.append_one(m?).await.map(Response::into_inner) }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
