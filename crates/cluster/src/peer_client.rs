@@ -195,14 +195,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Bytes, PeerError> {
         let mut c = self.peer_on(addr, Lane::of(group))?;
-        let msg = RaftMessage {
-            cluster_id: self.cluster_id.get().to_string(),
-            data,
-            format: FORMAT_VERSION,
-            to_node: to.0,
-            group: group.wire(),
-        };
-        let req = Self::request(msg, timeout);
+        let req = Self::request(self.raft_message(group, to, data), timeout);
         let resp = match rpc {
             RaftRpc::Append => c.append_entries(req).await,
             RaftRpc::Vote => c.vote(req).await,
