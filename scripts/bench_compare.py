@@ -458,9 +458,8 @@ def run_durable(pids, duration, cpu, first):
     idle = [control_latency(pids, cpu) for _ in range(CONTROL_SAMPLES)]
     per_pub = max(1, int(res["durable_q1_p4"]["offered_max"] * LOADED_SHARE) // 4)
     log(f"  control latency under durable load ({per_pub * 4}/s, four pairs, {CONTROL_SAMPLES} rounds)")
-    background = subprocess.Popen(["taskset", "-c", cpu, BENCH, "p2p", "-q", "1", "--inflight", "256",
-                                   "--publishers", "4", "--persistent", *CROSS, "--rate", str(per_pub),
-                                   "--duration", "30", "--json"], stdout=subprocess.PIPE, text=True)
+    background = subprocess.Popen(["taskset", "-c", cpu, BENCH, *THROUGHPUT["durable_q1_p4"][0], "--rate",
+                                   str(per_pub), "--duration", "30", "--json"], stdout=subprocess.PIPE, text=True)
     loaded = []
     try:
         time.sleep(3)
@@ -606,6 +605,13 @@ def durable_rows(cluster):
     return [r for r in rows if r[0] in cluster]
 
 
+def durable_share(cluster, key, plain):
+    """A durable row as a percentage of the non-durable row it divides
+    by; one decimal on the page, where 24.5 % is under the target."""
+    p = cluster[plain]["recv_rate"]
+    return cluster[key]["recv_rate"] / p * 100 if p else 0
+
+
 def durable_section(w, cluster):
     w("### Durable QoS 1 (persistent subscriber)\n")
     w("The same cross-node shape with the subscriber keeping a persistent session: every message is committed "
@@ -625,9 +631,9 @@ def durable_section(w, cluster):
     w("| --- | ---: | ---: | ---: |")
     for key, plain, what in durable_rows(cluster):
         d, p = cluster[key], cluster[plain]
-        share = d["recv_rate"] / p["recv_rate"] * 100 if p["recv_rate"] else 0
+        share = durable_share(cluster, key, plain)
         w(f"| QoS 1 cross node, {what}, deliveries/s (lossless) | {fmt_rate(p['recv_rate'])} | "
-          f"{fmt_rate(d['recv_rate'])} | **{share:.0f}%** |")
+          f"{fmt_rate(d['recv_rate'])} | **{share:.1f}%** |")
         w(f"| {what}: PUBACK latency p50 / p99 µs at that rate | {p['ack_latency']['p50_us']:.0f} / "
           f"{p['ack_latency']['p99_us']:.0f} | {d['ack_latency']['p50_us']:.0f} / {d['ack_latency']['p99_us']:.0f} | |")
         w(f"| {what}: broker µs CPU per message | {p['broker']['cpu_us_per_msg']:.1f} | "
@@ -828,9 +834,9 @@ def write_doc(path, m, single, idle, unpinned, cluster, micro, reps, duration, a
     target_row("CONNECT rate per node", "≥ 5,000/s", f"{rate:.0f}/s", rate >= 5000)
     if "durable_q1" in cluster:
         for key, plain, what in durable_rows(cluster):
-            share = cluster[key]["recv_rate"] / cluster[plain]["recv_rate"] * 100 if cluster[plain]["recv_rate"] else 0
+            share = durable_share(cluster, key, plain)
             target_row(f"durable QoS 1 (persistent subscriber), {what}", "≥ 25% of non-durable cross-node QoS 1",
-                       f"{share:.0f}%", share >= 25)
+                       f"{share:.1f}%", share >= 25)
         idle, loaded = cluster["control_idle"], cluster["control_loaded"]
         for kind, field, what in CONTROL_KINDS:
             i, l = idle[kind][field], loaded[kind][field]
