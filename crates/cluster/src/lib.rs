@@ -27,6 +27,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod node;
+pub mod on_disk;
 pub mod pb;
 pub mod peer_client;
 pub mod peer_service;

@@ -5,7 +5,10 @@
 //! Appends are written at once and made durable by one flusher thread
 //! that groups every append waiting at that moment into one `sync_data`
 //! per touched segment (group commit) before completing their callbacks
-//! in order: openraft counts an entry as stored only after that. The vote
+//! in order: openraft counts an entry as stored only after that — except
+//! a leader's own new entries, reported stored once written and synced
+//! while they are replicated; nothing acts on them before the sync
+//! (on_disk.rs). The vote
 //! is fsync'd before `save_vote` returns; the purge marker is fsync'd in
 //! the background before any purged segment is deleted (`purge`); it
 //! never passes the snapshot on disk (`SnapshotOnDisk`),
@@ -31,6 +34,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 use parking_lot::Mutex;
 
+use crate::on_disk::LogOnDisk;
 use crate::storage::Store;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::wal::Wal;
@@ -58,9 +62,20 @@ fn vote_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_vote(&e).into()
 }
 
-/// An append waiting to be made durable: its callback and the segment
-/// files it wrote to.
-type Pending = (LogFlushed<TypeConfig>, Vec<Arc<File>>);
+/// Held by a test to keep the flusher from syncing (`None` otherwise).
+type FlushGate = Option<Arc<Mutex<()>>>;
+
+/// An append waiting to be made durable.
+struct Pending {
+    /// openraft's callback; `None` when it was called at once (a leader's
+    /// append, see on_disk.rs).
+    callback: Option<LogFlushed<TypeConfig>>,
+    /// The segment files it wrote to.
+    files: Vec<Arc<File>>,
+    /// Its last entry, and the truncation epoch it was written in.
+    last: LogId,
+    epoch: u64,
+}
 
 /// Decoded copies of a suffix of the log: the entries appended last, with
 /// contiguous indexes (an append that does not follow on restarts it).
@@ -141,6 +156,8 @@ pub struct LogStore {
     wal: Arc<Mutex<Wal>>,
     recent: Arc<Mutex<Recent>>,
     flusher: SyncSender<Pending>,
+    /// The vote last saved (`append` tells a leader's entries by it).
+    vote: Arc<Mutex<Option<Vote>>>,
     /// Held while a purge's sync and segment deletion run (`purge`).
     retiring: Arc<Mutex<()>>,
     /// Last committed index openraft reported, for status and metrics.
@@ -154,28 +171,38 @@ impl Debug for LogStore {
 }
 
 /// The group-commit loop: syncs every file the waiting appends touched,
-/// once, then completes them in order.
-fn flush_loop(rx: Receiver<Pending>) {
+/// once, then records them on disk and completes them in order.
+fn flush_loop(rx: Receiver<Pending>, on_disk: Arc<LogOnDisk>, gate: FlushGate) {
     while let Ok(first) = rx.recv() {
+        let _gate = gate.as_ref().map(|g| g.lock());
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
         let mut files: Vec<&Arc<File>> = Vec::new();
-        for (_, touched) in &batch {
-            for f in touched {
+        for p in &batch {
+            for f in &p.files {
                 if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
                     files.push(f);
                 }
             }
         }
         let result = files.iter().try_for_each(|f| f.sync_data());
-        for (cb, _) in batch {
+        match &result {
+            Ok(()) => batch.iter().for_each(|p| on_disk.synced(p.last, p.epoch)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sync the Raft log");
+                on_disk.failed();
+            }
+        }
+        for p in batch {
             let r = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
-            cb.log_io_completed(r);
+            if let Some(cb) = p.callback {
+                cb.log_io_completed(r);
+            }
         }
     }
 }
@@ -183,6 +210,10 @@ fn flush_loop(rx: Receiver<Pending>) {
 impl LogStore {
     /// Opens the log of `store` (segments in `<data_dir>/raft/log`).
     pub fn open(store: Store) -> Result<LogStore, StorageError> {
+        LogStore::open_gated(store, None)
+    }
+
+    fn open_gated(store: Store, gate: FlushGate) -> Result<LogStore, StorageError> {
         // Stored as a `LogId` (see `purge`), not an `Option`.
         let purged: Option<LogId> = match store.raft.get(PURGED).map_err(read_err)? {
             Some(v) => Some(bincode::deserialize::<LogId>(&v).map_err(read_err)?),
@@ -200,16 +231,22 @@ impl LogStore {
         }
         let wal =
             Wal::open(&store.dir.join("raft").join("log"), purged.map(|p| p.index)).map_err(read_err)?;
+        // What the log holds now is on disk (`Wal::open` synced its tail).
+        store.log_on_disk.synced_at_open(last_log_id(&wal)?.or(purged));
+        let vote = store.raft.get(VOTE).map_err(read_err)?;
+        let vote = vote.map(|v| bincode::deserialize::<Vote>(&v)).transpose().map_err(read_err)?;
         let (tx, rx) = sync_channel::<Pending>(FLUSH_QUEUE);
+        let on_disk = store.log_on_disk.clone();
         std::thread::Builder::new()
             .name("starling-log-flush".into())
-            .spawn(move || flush_loop(rx))
+            .spawn(move || flush_loop(rx, on_disk, gate))
             .map_err(write_err)?;
         Ok(LogStore {
             store,
             wal: Arc::new(Mutex::new(wal)),
             recent: Arc::new(Mutex::new(Recent::default())),
             flusher: tx,
+            vote: Arc::new(Mutex::new(vote)),
             retiring: Arc::new(Mutex::new(())),
             committed: Arc::new(AtomicU64::new(0)),
         })
@@ -261,6 +298,15 @@ impl LogStore {
     }
 }
 
+/// The id of the last entry in `wal`.
+fn last_log_id(wal: &Wal) -> Result<Option<LogId>, StorageError> {
+    let Some(i) = wal.last_index() else { return Ok(None) };
+    match wal.read(i, i + 1).map_err(read_err)?.pop() {
+        Some(p) => Ok(Some(bincode::deserialize::<Entry>(&p).map_err(read_err)?.log_id)),
+        None => Ok(None),
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -294,17 +340,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get(PURGED)?;
-        let last_payload = {
-            let wal = self.wal.lock();
-            match wal.last_index() {
-                Some(i) => wal.read(i, i + 1).map_err(read_err)?.pop(),
-                None => None,
-            }
-        };
-        let last = match last_payload {
-            Some(p) => Some(bincode::deserialize::<Entry>(&p).map_err(read_err)?.log_id),
-            None => last_purged,
-        };
+        let last = last_log_id(&self.wal.lock())?.or(last_purged);
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
@@ -316,18 +352,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = bincode::serialize(vote).map_err(vote_err)?;
         self.store.raft.insert(VOTE, bytes).map_err(vote_err)?;
         // A vote must be on disk before it is sent.
-        self.sync().await.map_err(vote_err)
+        self.sync().await.map_err(vote_err)?;
+        *self.vote.lock() = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get(VOTE)
+        Ok(*self.vote.lock())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         if let Some(c) = committed {
             self.committed.fetch_max(c.index, Ordering::Relaxed);
         }
-        self.put(COMMITTED, &committed)
+        // A leader may commit entries it is still syncing (on_disk.rs): the
+        // marker read back at start never passes the log on disk.
+        self.put(COMMITTED, &self.store.log_on_disk.clamp(committed))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -344,17 +384,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .iter()
             .map(|e| Ok((e.log_id.index, bincode::serialize(e).map_err(write_err)?)))
             .collect::<Result<Vec<_>, StorageError>>()?;
-        let touched = {
-            // Both under the WAL's lock, so the copies follow the file.
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        // A leader's own entries (this node's term, this node leading):
+        // reported stored once written, so openraft replicates them while
+        // they are synced (on_disk.rs).
+        let leading = self.vote.lock().is_some_and(|v| {
+            v.is_committed()
+                && v.leader_id().voted_for().map(|n| n.0) == Some(self.store.node_id)
+                && entries.iter().all(|e| e.log_id.leader_id == *v.leader_id())
+        });
+        let (files, epoch) = {
+            // Both under the WAL's lock, so the copies follow the file (and
+            // a truncation, which takes it too, ends this epoch after).
             let mut wal = self.wal.lock();
-            let touched = wal.append(&records).map_err(write_err)?;
+            let files = wal.append(&records).map_err(write_err)?;
             let mut recent = self.recent.lock();
             for (e, (_, bytes)) in entries.into_iter().zip(&records) {
                 recent.push(e, bytes.len());
             }
-            touched
+            (files, self.store.log_on_disk.epoch())
         };
-        match self.flusher.try_send((callback, touched)) {
+        let callback = if leading {
+            callback.log_io_completed(Ok(()));
+            None
+        } else {
+            Some(callback)
+        };
+        let pending = Pending { callback, files, last, epoch };
+        match self.flusher.try_send(pending) {
             Ok(()) => Ok(()),
             Err(std::sync::mpsc::TrySendError::Full(pending)) => {
                 // The disk is behind: wait for room off the async threads.
@@ -373,10 +433,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.recent.lock().truncate(log_id.index);
         let wal = self.wal.clone();
-        tokio::task::spawn_blocking(move || wal.lock().truncate(log_id.index))
-            .await
-            .map_err(write_err)?
-            .map_err(write_err)
+        let on_disk = self.store.log_on_disk.clone();
+        let purged: Option<LogId> = self.get(PURGED)?;
+        tokio::task::spawn_blocking(move || {
+            let mut wal = wal.lock();
+            wal.truncate(log_id.index).map_err(write_err)?;
+            on_disk.truncated(last_log_id(&wal)?.or(purged));
+            Ok(())
+        })
+        .await
+        .map_err(write_err)?
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -412,6 +478,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
@@ -462,6 +530,52 @@ mod tests {
             (1..=10).map(|i| (i, bincode::serialize(&entry(i)).unwrap())).collect();
         log.wal.lock().append(&records).unwrap();
         log
+    }
+
+    /// A leader's own entries count as stored once written (openraft then
+    /// replicates them while they are synced); anyone else's only once
+    /// synced. Either way the log records them on disk only after the sync.
+    // The gate is held across awaits on purpose: it stalls the flusher's
+    // thread, not a task.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn only_a_leaders_own_entries_are_reported_stored_before_the_sync() {
+        use openraft::storage::RaftLogStorageExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        let on_disk = store.log_on_disk.clone();
+        let gate = Arc::new(Mutex::new(()));
+        let mut log = LogStore::open_gated(store, Some(gate.clone())).unwrap();
+        let stalled = gate.lock();
+        // Node 1 leads term 1: entries 1..=3 are its own.
+        log.save_vote(&Vote::new_committed(1, starling_broker::ids::NodeId(1))).await.unwrap();
+        let appended = tokio::time::timeout(Duration::from_secs(5), log.blocking_append((1..=3).map(entry)));
+        appended.await.expect("a leader's append is reported stored without the sync").unwrap();
+        assert!(!on_disk.holds(1), "nothing is on disk while the flusher is held");
+        assert_eq!(indexes(&log.try_get_log_entries(1..=3).await.unwrap()), vec![1, 2, 3]);
+        // Node 2 leads term 2: entries from it wait for the sync.
+        log.save_vote(&Vote::new_committed(2, starling_broker::ids::NodeId(2))).await.unwrap();
+        let theirs = |i| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, starling_broker::ids::NodeId(2)), i),
+            payload: EntryPayload::Blank,
+        };
+        let mut follower = log.clone();
+        let appending = tokio::spawn(async move { follower.blocking_append((4..=5).map(theirs)).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!appending.is_finished(), "a follower's append is stored only once synced");
+        drop(stalled);
+        appending.await.unwrap().unwrap();
+        assert!(on_disk.holds(5), "synced before reported stored");
+        // And the leader's entries of term 1 are now a term behind: any
+        // more of them would wait for the sync too.
+        log.save_vote(&Vote::new_committed(3, starling_broker::ids::NodeId(1))).await.unwrap();
+        let stalled = gate.lock();
+        let mut old = log.clone();
+        let appending = tokio::spawn(async move { old.blocking_append((6..=6).map(entry)).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!appending.is_finished(), "entries of an earlier term are not this leader's own");
+        drop(stalled);
+        appending.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@
 //! version, during a rolling upgrade) gets unary `AppendEntries` from this
 //! connection on. Votes and snapshots stay unary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
 
 use crate::error::PeerError;
+use crate::on_disk::LogOnDisk;
 use crate::pb::peer::RaftMessage;
 use crate::peer_client::{PeerClient, RaftRpc};
 use crate::types::{Group, NodeId, NodeInfo, TypeConfig};
@@ -40,6 +42,9 @@ use crate::types::{Group, NodeId, NodeInfo, TypeConfig};
 pub struct Network {
     pub peers: PeerClient,
     pub group: Group,
+    /// This node's log of the group: the commit index sent to followers
+    /// never passes what of it is on disk (on_disk.rs).
+    pub log_on_disk: Arc<LogOnDisk>,
 }
 
 pub struct Connection {
@@ -47,6 +52,7 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     peers: PeerClient,
+    log_on_disk: Arc<LogOnDisk>,
     stream: Option<AppendStream>,
     /// The target does not know `AppendStream`: unary calls.
     unary: bool,
@@ -72,6 +78,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.grpc.clone(),
             peers: self.peers.clone(),
+            log_on_disk: self.log_on_disk.clone(),
             stream: None,
             unary: false,
         }
@@ -160,9 +167,20 @@ impl Connection {
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        req: AppendEntriesRequest<TypeConfig>,
+        mut req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        // openraft may have committed entries this leader is still syncing
+        // (on_disk.rs): followers learn a commit only once it is on disk
+        // here. Entries go at once with the commit index cut back (a later
+        // AppendEntries carries the rest: openraft sends one after every
+        // commit); a message carrying only the commit index waits for it.
+        if let Some(commit) = req.leader_commit.filter(|c| !self.log_on_disk.holds(c.index)) {
+            if req.entries.is_empty() {
+                let _ = tokio::time::timeout(option.hard_ttl(), self.log_on_disk.wait(commit.index)).await;
+            }
+            req.leader_commit = self.log_on_disk.clamp(req.leader_commit);
+        }
         if !self.unary {
             let data = bincode::serialize(&req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             match self.exchange(data.into(), option.hard_ttl()).await {
@@ -222,6 +240,7 @@ mod tests {
         let mut network = Network {
             peers: PeerClient::new(NodeId(1), ClusterId::new(Some("c".into()))),
             group: Group::Main,
+            log_on_disk: Arc::new(LogOnDisk::new(None)),
         };
         let node = NodeInfo { grpc: addr.to_string(), ..Default::default() };
         let mut conn = network.new_client(NodeId(2), &node).await;

@@ -155,7 +155,8 @@ impl ClusterNode {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| damaged("cannot open the Raft log"))?;
         let committed = log_store.committed.clone();
-        let network = Network { peers: peers.clone(), group: Group::Main };
+        let network =
+            Network { peers: peers.clone(), group: Group::Main, log_on_disk: store.log_on_disk.clone() };
         let raft_config = raft_config(&config)?;
         let raft = Raft::new(node_id, raft_config.clone(), network, log_store, sm)
             .await

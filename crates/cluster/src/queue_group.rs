@@ -96,7 +96,8 @@ impl QueueGroup {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("cannot open the durable queues' Raft log")?;
         let committed = log_store.committed.clone();
-        let network = Network { peers: peers.clone(), group: Group::Queues };
+        let network =
+            Network { peers: peers.clone(), group: Group::Queues, log_on_disk: store.log_on_disk.clone() };
         let raft = Raft::new(node_id, config, network, log_store, sm)
             .await
             .context("cannot read the durable queues' Raft log")?;

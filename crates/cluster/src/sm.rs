@@ -316,6 +316,15 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for StateMachine<S> {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // Nothing is applied before it is on this node's disk: on the leader,
+        // openraft may commit entries while they are being synced
+        // (on_disk.rs); on a follower they are on disk already.
+        if let Some(e) = entries.last() {
+            if !self.shared.store.log_on_disk.wait(e.log_id.index).await {
+                return Err(sm_err(std::io::Error::other("the Raft log could not be synced")));
+            }
+        }
         let mut replies = Vec::new();
         let mut last = None;
         let started = std::time::Instant::now();

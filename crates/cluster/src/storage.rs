@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
+use crate::on_disk::LogOnDisk;
+
 /// Incremented whenever the on-disk layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 3;
 
@@ -36,6 +38,11 @@ pub struct Store {
     /// What the state machine last wrote as its snapshot (see
     /// `SnapshotOnDisk`).
     pub snapshot_on_disk: Arc<tokio::sync::watch::Sender<SnapshotOnDisk>>,
+    /// How far the Raft log is on disk (the log store reports it, the state
+    /// machine and the replication to followers wait for it).
+    pub log_on_disk: Arc<LogOnDisk>,
+    /// This node's id (the data directory belongs to it).
+    pub node_id: u64,
 }
 
 /// The snapshot on disk (file and metadata synced), as the state machine
@@ -122,6 +129,8 @@ impl Store {
             dir: dir.to_path_buf(),
             data_file: Arc::new(data_file),
             snapshot_on_disk: Arc::new(tokio::sync::watch::Sender::new(SnapshotOnDisk::default())),
+            log_on_disk: Arc::new(LogOnDisk::new(None)),
+            node_id,
         };
         store.sync()?;
         Ok(store)

@@ -119,6 +119,12 @@ impl Wal {
         if wal.locs.is_empty() {
             wal.first = floor;
         }
+        // A record written before a stop but never synced (the process
+        // killed, the machine still up) is read back like the rest: make it
+        // as durable as the rest before anything counts on it.
+        if let Some(last) = wal.segments.values().next_back() {
+            last.file.sync_data()?;
+        }
         Ok(wal)
     }
 
