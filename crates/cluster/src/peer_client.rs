@@ -205,7 +205,9 @@ impl PeerClient {
     }
 
     /// Proposes `commands` in `group` at its leader at `addr`; returns
-    /// their results and the log index of the entry that carried them.
+    /// their results, the log index of the entry that carried them and
+    /// the node that applied it before answering (unknown from an older
+    /// version).
     pub async fn write(
         &self,
         group: Group,
@@ -213,7 +215,7 @@ impl PeerClient {
         commands: &[Command],
         hops: u32,
         timeout: Duration,
-    ) -> Result<(Vec<CommandResult>, u64), PeerError> {
+    ) -> Result<(Vec<CommandResult>, u64, Option<NodeId>), PeerError> {
         let data = bincode::serialize(commands).map_err(|e| PeerError::Corrupt(e.to_string()))?;
         let msg = WriteRequest {
             cluster_id: self.cluster_id.get().to_string(),
@@ -225,7 +227,7 @@ impl PeerClient {
         let resp =
             self.peer_on(addr, Lane::of(group))?.write(Self::request(msg, timeout)).await?.into_inner();
         let results = bincode::deserialize(&resp.results).map_err(|e| PeerError::Corrupt(e.to_string()))?;
-        Ok((results, resp.log_index))
+        Ok((results, resp.log_index, (resp.applied_by != 0).then_some(NodeId(resp.applied_by))))
     }
 
     /// Whether the node at `addr` answers (and belongs to this cluster).

@@ -206,13 +206,14 @@ impl Peer for PeerService {
         }
         let commands: Vec<Command> =
             bincode::deserialize(&w.commands).map_err(|e| self.corrupt("write", e))?;
-        let (results, log_index) = self
+        let (results, log_index, applied_by) = self
             .proposer(w.group)?
-            .propose(commands, w.hops)
+            .propose_applied(commands, w.hops)
             .await
             .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let results = bincode::serialize(&results).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        Ok(Response::new(WriteResponse { results: results.into(), log_index }))
+        let applied_by = applied_by.map_or(0, |n| n.0);
+        Ok(Response::new(WriteResponse { results: results.into(), log_index, applied_by }))
     }
 
     type SubmitStream = SubmitStream;

@@ -58,32 +58,39 @@ pub struct ClusterPort {
     pub confirm_deadline: Duration,
 }
 
-/// Waits until every member that is not declared down has applied `index`.
-/// A member that does not answer is asked again until it answers or the
-/// cluster declares it down; `false` when `deadline` passed first (a member
-/// still counted as live, e.g. reachable from the leader but not from this
-/// node, may route without the change).
-pub(crate) async fn propagate(peers: &PeerClient, sm: &SmShared, index: u64, deadline: Duration) -> bool {
+/// Waits until every member that is not declared down has applied `index`
+/// (`applied`: a member known to have applied it, not asked: the leader
+/// that answered the write). A member that does not answer is asked again
+/// until it answers or the cluster declares it down; `false` when
+/// `deadline` passed first (a member still counted as live, e.g. reachable
+/// from the leader but not from this node, may route without the change).
+pub(crate) async fn propagate(
+    peers: &PeerClient,
+    sm: &SmShared,
+    index: u64,
+    applied: Option<NodeId>,
+    deadline: Duration,
+) -> bool {
     let until = Instant::now() + deadline;
-    let waits =
-        sm.members().into_iter().filter(|(id, _)| *id != peers.node_id()).map(|(id, addr)| async move {
-            loop {
-                if sm.with_state(|s| s.down().contains(&id)) {
-                    return true;
-                }
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    tracing::warn!(peer = %id, index, "a live member did not confirm a change in time");
-                    return false;
-                }
-                match peers.wait_applied(&addr, index, PROPAGATE_TIMEOUT.min(left)).await {
-                    Ok(applied) if applied >= index => return true,
-                    // Not applied yet (it answered at its timeout): ask again.
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100).min(left)).await,
-                }
+    let asked = sm.members().into_iter().filter(|(id, _)| *id != peers.node_id() && Some(*id) != applied);
+    let waits = asked.map(|(id, addr)| async move {
+        loop {
+            if sm.with_state(|s| s.down().contains(&id)) {
+                return true;
             }
-        });
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(peer = %id, index, "a live member did not confirm a change in time");
+                return false;
+            }
+            match peers.wait_applied(&addr, index, PROPAGATE_TIMEOUT.min(left)).await {
+                Ok(applied) if applied >= index => return true,
+                // Not applied yet (it answered at its timeout): ask again.
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100).min(left)).await,
+            }
+        }
+    });
     futures_util::future::join_all(waits).await.into_iter().all(|ok| ok)
 }
 
@@ -139,7 +146,7 @@ impl ClusterPort {
     async fn take_over(&self, client: &ClientId, previous: NodeId, claim_index: u64) {
         // Publishers everywhere must route here before the client is told
         // it is connected.
-        propagate(&self.peers, &self.sm, claim_index, PROPAGATE_TIMEOUT).await;
+        propagate(&self.peers, &self.sm, claim_index, None, PROPAGATE_TIMEOUT).await;
         let Some(addr) = self.sm.member_addr(previous) else { return };
         let messages = match self.peers.take_session(&addr, client, claim_index).await {
             Ok(m) => m,
@@ -180,11 +187,11 @@ impl StatePort for ClusterPort {
             Command::Claim { client, clean_start: false, .. } => Some(client.clone()),
             _ => None,
         };
-        let (result, index) =
+        let (result, index, applied) =
             self.writer.write(cmd).await.map_err(|e| PortError::Unavailable(e.to_string()))?;
         if every_node
             && result != CommandResult::NotOwner
-            && !propagate(&self.peers, &self.sm, index, self.confirm_deadline).await
+            && !propagate(&self.peers, &self.sm, index, applied, self.confirm_deadline).await
         {
             return Err(PortError::Unavailable(
                 "committed, but a live member did not confirm it in time (unreachable from this node)".into(),
@@ -204,7 +211,7 @@ impl StatePort for ClusterPort {
     async fn commit_all(&self, cmds: Vec<Command>) -> Result<Vec<CommandResult>, PortError> {
         let (_, writer, _) = self.group_for(&cmds)?;
         // Handed to the log: a failure from here on may still commit.
-        let (results, _) = writer.write_all(cmds).await.map_err(|e| PortError::Unknown(e.to_string()))?;
+        let (results, _, _) = writer.write_all(cmds).await.map_err(|e| PortError::Unknown(e.to_string()))?;
         Ok(results)
     }
 

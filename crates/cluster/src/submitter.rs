@@ -264,8 +264,11 @@ async fn forward_writes(
     let mut next = first;
     while let Some(job) = next.take() {
         stats.submit_forwarded.fetch_add(1, Ordering::Relaxed);
-        let r =
-            writer.write_all(job.cmds).await.map(|(r, _)| r).map_err(|e| PortError::Unknown(e.to_string()));
+        let r = writer
+            .write_all(job.cmds)
+            .await
+            .map(|(r, _, _)| r)
+            .map_err(|e| PortError::Unknown(e.to_string()));
         let _ = job.reply.send(r);
         let still = p.raft.metrics().borrow().current_leader == Some(leader);
         if still {

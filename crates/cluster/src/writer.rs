@@ -37,13 +37,18 @@ pub enum WriteError {
     Failed(String),
 }
 
+/// Results of commands written together, the index of their entry, and
+/// the node that applied it before answering when another one did (the
+/// leader a follower forwarded them to).
+pub type Written = (Vec<CommandResult>, u64, Option<NodeId>);
+
 /// The outcome of an entry handed to the Raft core (`submit_as_leader`).
 pub type PendingWrite = Pin<Box<dyn Future<Output = Result<Vec<CommandResult>, WriteError>> + Send>>;
 
 /// Commands to commit together, in order, in one entry.
 struct Job {
     cmds: Vec<Command>,
-    reply: oneshot::Sender<Result<(Vec<CommandResult>, u64), WriteError>>,
+    reply: oneshot::Sender<Result<Written, WriteError>>,
 }
 
 /// What the batcher and the peer service need to propose in one Raft
@@ -125,6 +130,17 @@ impl Proposer {
         commands: Vec<Command>,
         hops: u32,
     ) -> Result<(Vec<CommandResult>, u64), WriteError> {
+        self.propose_applied(commands, hops).await.map(|(results, index, _)| (results, index))
+    }
+
+    /// `propose`, also returning the node that applied the entry before
+    /// answering: this one when it leads, else the leader that answered
+    /// (`None` when that node is too old to say).
+    pub async fn propose_applied(
+        &self,
+        commands: Vec<Command>,
+        hops: u32,
+    ) -> Result<(Vec<CommandResult>, u64, Option<NodeId>), WriteError> {
         let deadline = Instant::now() + self.timeout;
         let retry_safe = commands.iter().all(Command::is_idempotent);
         // Shared by every attempt (and by openraft's copies of the entry).
@@ -140,7 +156,7 @@ impl Proposer {
                 Some(l) if l == self.peers.node_id() => {
                     let batch = Batch { time_ms: wall_ms(), commands: commands.clone() };
                     match tokio::time::timeout_at(deadline.into(), self.raft.client_write(batch)).await {
-                        Ok(Ok(resp)) => return Ok((resp.data.0, resp.log_id.index)),
+                        Ok(Ok(resp)) => return Ok((resp.data.0, resp.log_id.index, Some(l))),
                         // Leadership moved: perhaps after the entry was
                         // appended, so only an idempotent write is retried.
                         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) if !retry_safe => {
@@ -205,7 +221,7 @@ impl Proposer {
         commands: &[Command],
         hops: u32,
         deadline: Instant,
-    ) -> Result<(Vec<CommandResult>, u64), WriteError> {
+    ) -> Result<(Vec<CommandResult>, u64, Option<NodeId>), WriteError> {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
         self.peers
             .write(self.group, addr, commands, hops, left)
@@ -228,15 +244,16 @@ impl Writer {
     }
 
     /// Proposes one command and waits until it is applied on this node.
-    /// Returns its result and the index of the entry that carried it.
-    pub async fn write(&self, cmd: Command) -> Result<(CommandResult, u64), WriteError> {
-        let (mut results, index) = self.write_all(vec![cmd]).await?;
-        Ok((results.pop().unwrap_or(CommandResult::Done), index))
+    /// Returns its result, the index of the entry that carried it and the
+    /// other node known to have applied it (the leader), if any.
+    pub async fn write(&self, cmd: Command) -> Result<(CommandResult, u64, Option<NodeId>), WriteError> {
+        let (mut results, index, applied_by) = self.write_all(vec![cmd]).await?;
+        Ok((results.pop().unwrap_or(CommandResult::Done), index, applied_by))
     }
 
     /// Proposes `cmds` in one entry, in this order (never split between
     /// entries), and waits until it is applied on this node.
-    pub async fn write_all(&self, cmds: Vec<Command>) -> Result<(Vec<CommandResult>, u64), WriteError> {
+    pub async fn write_all(&self, cmds: Vec<Command>) -> Result<Written, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Job { cmds, reply }).await.map_err(|_| WriteError::Failed("node stopping".into()))?;
         rx.await.map_err(|_| WriteError::Failed("node stopping".into()))?
@@ -285,18 +302,18 @@ async fn propose_jobs(p: &Proposer, jobs: Vec<Job>) {
     let sizes: Vec<usize> = jobs.iter().map(|j| j.cmds.len()).collect();
     let (commands, replies): (Vec<Vec<Command>>, Vec<_>) =
         jobs.into_iter().map(|j| (j.cmds, j.reply)).unzip();
-    let outcome = match p.propose(commands.into_iter().flatten().collect(), 0).await {
-        Ok((results, index)) if p.wait_applied(index, p.timeout).await => Ok((results, index)),
-        Ok((_, index)) => {
+    let outcome = match p.propose_applied(commands.into_iter().flatten().collect(), 0).await {
+        Ok((results, index, by)) if p.wait_applied(index, p.timeout).await => Ok((results, index, by)),
+        Ok((_, index, _)) => {
             Err(WriteError::Failed(format!("entry {index} committed but not applied here in time")))
         }
         Err(e) => Err(e),
     };
     match outcome {
-        Ok((results, index)) => {
+        Ok((results, index, by)) => {
             let mut results = results.into_iter();
             for (reply, size) in replies.into_iter().zip(sizes) {
-                let _ = reply.send(Ok((results.by_ref().take(size).collect(), index)));
+                let _ = reply.send(Ok((results.by_ref().take(size).collect(), index, by)));
             }
         }
         Err(e) => {
