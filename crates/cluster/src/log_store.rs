@@ -559,21 +559,26 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(2, starling_broker::ids::NodeId(2)), i),
             payload: EntryPayload::Blank,
         };
-        let mut follower = log.clone();
-        let appending = tokio::spawn(async move { follower.blocking_append((4..=5).map(theirs)).await });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!appending.is_finished(), "a follower's append is stored only once synced");
         drop(stalled);
-        appending.await.unwrap().unwrap();
+        stored_only_once_synced(&log, &gate, (4..=5).map(theirs).collect(), "a follower's append").await;
         assert!(on_disk.holds(5), "synced before reported stored");
         // And the leader's entries of term 1 are now a term behind: any
-        // more of them would wait for the sync too.
+        // more of them wait for the sync too.
         log.save_vote(&Vote::new_committed(3, starling_broker::ids::NodeId(1))).await.unwrap();
+        stored_only_once_synced(&log, &gate, vec![entry(6)], "entries of an earlier term").await;
+    }
+
+    /// With the flusher held, appending `entries` is not reported stored
+    /// until it is let go.
+    // The gate stalls the flusher's thread, not a task.
+    #[allow(clippy::await_holding_lock)]
+    async fn stored_only_once_synced(log: &LogStore, gate: &Mutex<()>, entries: Vec<Entry>, what: &str) {
+        use openraft::storage::RaftLogStorageExt;
         let stalled = gate.lock();
-        let mut old = log.clone();
-        let appending = tokio::spawn(async move { old.blocking_append((6..=6).map(entry)).await });
+        let mut log = log.clone();
+        let appending = tokio::spawn(async move { log.blocking_append(entries).await });
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!appending.is_finished(), "entries of an earlier term are not this leader's own");
+        assert!(!appending.is_finished(), "{what} is reported stored before it is synced");
         drop(stalled);
         appending.await.unwrap().unwrap();
     }

@@ -38,8 +38,8 @@ pub enum WriteError {
 }
 
 /// Results of commands written together, the index of their entry, and
-/// the node that applied it before answering when another one did (the
-/// leader a follower forwarded them to).
+/// the node that applied it before answering (the leader; `None` when a
+/// leader of an older version does not say).
 pub type Written = (Vec<CommandResult>, u64, Option<NodeId>);
 
 /// The outcome of an entry handed to the Raft core (`submit_as_leader`).
@@ -136,11 +136,7 @@ impl Proposer {
     /// `propose`, also returning the node that applied the entry before
     /// answering: this one when it leads, else the leader that answered
     /// (`None` when that node is too old to say).
-    pub async fn propose_applied(
-        &self,
-        commands: Vec<Command>,
-        hops: u32,
-    ) -> Result<(Vec<CommandResult>, u64, Option<NodeId>), WriteError> {
+    pub async fn propose_applied(&self, commands: Vec<Command>, hops: u32) -> Result<Written, WriteError> {
         let deadline = Instant::now() + self.timeout;
         let retry_safe = commands.iter().all(Command::is_idempotent);
         // Shared by every attempt (and by openraft's copies of the entry).
@@ -221,7 +217,7 @@ impl Proposer {
         commands: &[Command],
         hops: u32,
         deadline: Instant,
-    ) -> Result<(Vec<CommandResult>, u64, Option<NodeId>), WriteError> {
+    ) -> Result<Written, WriteError> {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
         self.peers
             .write(self.group, addr, commands, hops, left)
@@ -245,7 +241,8 @@ impl Writer {
 
     /// Proposes one command and waits until it is applied on this node.
     /// Returns its result, the index of the entry that carried it and the
-    /// other node known to have applied it (the leader), if any.
+    /// node that applied it before answering (the leader: this node or the
+    /// one the write was forwarded to; `None` from an older version).
     pub async fn write(&self, cmd: Command) -> Result<(CommandResult, u64, Option<NodeId>), WriteError> {
         let (mut results, index, applied_by) = self.write_all(vec![cmd]).await?;
         Ok((results.pop().unwrap_or(CommandResult::Done), index, applied_by))
