@@ -22,20 +22,24 @@ use tempfile::TempDir;
 
 struct SledBuilder;
 
+/// Node 1's local state (sessions, routes) for a state machine to apply to.
+fn local_state() -> Arc<LocalState> {
+    let limits = SessionLimits { max_queued: 100, queue_qos0_offline: false };
+    let auth = Arc::new(AuthService::new(Default::default()));
+    Arc::new(LocalState::new(NodeId(1), auth, Arc::new(Metrics::default()), limits))
+}
+
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = TempDir::new().expect("temp dir");
         let store = Store::open(dir.path(), 1).expect("open store");
-        let limits = SessionLimits { max_queued: 100, queue_qos0_offline: false };
-        let auth = Arc::new(AuthService::new(Default::default()));
-        let local = Arc::new(LocalState::new(NodeId(1), auth, Arc::new(Metrics::default()), limits));
         // The suite applies entries it never appended: the state machine
         // here does not wait for them to be on the log's disk (on_disk.rs;
         // that wait has tests of its own).
         let mut unlogged = store.clone();
         let end = LogId::new(CommittedLeaderId::new(u64::MAX, NodeId(u64::MAX)), u64::MAX);
         unlogged.log_on_disk = Arc::new(LogOnDisk::new(Some(end)));
-        let sm = StateMachine::open(unlogged, local)?;
+        let sm = StateMachine::open(unlogged, local_state())?;
         Ok((dir, LogStore::open(store)?, sm))
     }
 }
@@ -55,10 +59,7 @@ async fn nothing_is_applied_before_it_is_on_the_logs_disk() {
     use openraft::{Entry, EntryPayload};
     let dir = TempDir::new().expect("temp dir");
     let store = Store::open(dir.path(), 1).expect("open store");
-    let limits = SessionLimits { max_queued: 100, queue_qos0_offline: false };
-    let auth = Arc::new(AuthService::new(Default::default()));
-    let local = Arc::new(LocalState::new(NodeId(1), auth, Arc::new(Metrics::default()), limits));
-    let mut sm: StateMachine = StateMachine::open(store.clone(), local).expect("state machine");
+    let mut sm: StateMachine = StateMachine::open(store.clone(), local_state()).expect("state machine");
     let id = |i| LogId::new(CommittedLeaderId::new(1, NodeId(1)), i);
     let blank = move |i| Entry::<TypeConfig> { log_id: id(i), payload: EntryPayload::Blank };
     let mut applying = sm.clone();
