@@ -119,13 +119,14 @@ impl Recent {
         }
     }
 
-    /// Drops entries up to `index` (a purged log).
-    fn purge(&mut self, index: u64) {
-        while self.first().is_some_and(|f| f <= index) {
-            if let Some((_, n)) = self.entries.pop_front() {
-                self.bytes -= n;
-            }
-        }
+    /// Takes out entries up to `index` (a purged log) and returns them,
+    /// for the caller to free off the Raft core: a purge can release
+    /// thousands of entries, hundreds of thousands of messages.
+    fn purge(&mut self, index: u64) -> Vec<(Entry, usize)> {
+        let n = self.entries.iter().take_while(|(e, _)| e.log_id.index <= index).count();
+        let gone: Vec<(Entry, usize)> = self.entries.drain(..n).collect();
+        self.bytes -= gone.iter().map(|(_, size)| size).sum::<usize>();
+        gone
     }
 
     /// Copies of entries `start..end` when `start` is held here; the index
@@ -451,7 +452,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // entries stay until that snapshot is on disk.
         self.snapshot_covering(log_id).await?;
         self.put(PURGED, &log_id)?;
-        self.recent.lock().purge(log_id.index);
+        let released = self.recent.lock().purge(log_id.index);
         let (dir, doomed) = {
             let mut w = self.wal.lock();
             (w.dir().to_path_buf(), w.purge(log_id.index))
@@ -466,6 +467,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let store = self.store.clone();
         let one_at_a_time = self.retiring.clone();
         tokio::task::spawn_blocking(move || {
+            // Freed here, not in the Raft core: the first purge after the
+            // queue group's first snapshot freed about 2,000 entries
+            // (tens of thousands of messages) at once, on every node at the
+            // same entry, and every durable delivery waited 25-40 ms
+            // behind it.
+            drop(released);
             let _one = one_at_a_time.lock();
             let done = store.sync().and_then(|()| crate::wal::remove_segments(&dir, &doomed));
             if let Err(e) = done {
@@ -667,8 +674,9 @@ mod tests {
         assert_eq!(r.next(), Some(6));
         r.push(entry(6), 100);
         assert_eq!(indexes(&r.copy(5, 7).unwrap().0), vec![5, 6]);
-        // Purged up to 3.
-        r.purge(3);
+        // Purged up to 3: what went is handed back (freed elsewhere).
+        let released: Vec<Entry> = r.purge(3).into_iter().map(|(e, _)| e).collect();
+        assert_eq!(indexes(&released), vec![1, 2, 3]);
         assert_eq!(r.first(), Some(4));
         assert_eq!(r.bytes, 300);
         // An append that does not follow on starts again.
