@@ -415,8 +415,8 @@ def search(name, pids, duration, cpu):
 
 CONTROL_SAMPLES = 3   # control latency rounds, idle and loaded each; the page shows their medians
 # Operations of each kind in a round. A round's p99 is its 10th-slowest
-# operation; at 300 (until 2026-12-04) it was the 3rd-slowest, and one
-# round's idle p99 ranged 1.3-9.4 ms on this machine.
+# operation; at 300 (until 2026-12-04) it was the 3rd-slowest, and idle
+# rounds' p99 ranged 1.3-9.4 ms on this machine.
 CONTROL_OPS = 1000
 # The two control operations: key in control_latency's result, latency field, name on the page.
 CONTROL_KINDS = (("sub", "latency", "SUBSCRIBE→SUBACK"), ("connect", "connect_latency", "CONNECT→CONNACK"))

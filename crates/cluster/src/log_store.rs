@@ -121,7 +121,7 @@ impl Recent {
 
     /// Takes out entries up to `index` (a purged log) and returns them,
     /// for the caller to free off the Raft core: a purge can release
-    /// thousands of entries, hundreds of thousands of messages.
+    /// thousands of entries, tens of thousands of messages.
     fn purge(&mut self, index: u64) -> Vec<(Entry, usize)> {
         let n = self.entries.iter().take_while(|(e, _)| e.log_id.index <= index).count();
         let gone: Vec<(Entry, usize)> = self.entries.drain(..n).collect();
