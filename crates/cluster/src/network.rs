@@ -64,6 +64,14 @@ struct AppendStream {
     /// Only ever used through `&mut` (openraft calls one RPC at a time);
     /// the lock makes the connection `Sync`, as openraft requires.
     answers: tokio::sync::Mutex<Streaming<RaftMessage>>,
+    /// A request was sent and its answer not read yet. Still set when the
+    /// next round starts, the last round was cancelled between the two
+    /// (openraft drops an `append_entries` it timed out, with its own
+    /// timer): its answer is still coming, and the next request's would
+    /// be read as this one's — a follower taken to hold entries it never
+    /// received (fault schedule 44 found it: openraft's leader panicked on
+    /// the follower's "log reversion"). Such a stream is dropped.
+    awaiting: bool,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -133,25 +141,35 @@ impl Connection {
     /// any failure drops the stream.
     async fn exchange(&mut self, data: Bytes, timeout: Duration) -> Result<Bytes, PeerError> {
         let msg = self.peers.raft_message(self.group, self.target, data);
+        if self.stream.as_ref().is_some_and(|s| s.awaiting) {
+            self.stream = None;
+        }
         let opened = self.stream.is_none();
         let round = async {
             if opened {
                 let (requests, rx) = mpsc::channel(1);
                 let answers = self.peers.open_append(self.group, &self.addr, ReceiverStream::new(rx)).await?;
-                self.stream = Some(AppendStream { requests, answers: tokio::sync::Mutex::new(answers) });
+                self.stream = Some(AppendStream {
+                    requests,
+                    answers: tokio::sync::Mutex::new(answers),
+                    awaiting: false,
+                });
             }
             let Some(s) = self.stream.as_mut() else {
                 return Err(PeerError::Unreachable("no AppendEntries stream".into()));
             };
+            s.awaiting = true;
             s.requests
                 .send(msg)
                 .await
                 .map_err(|_| PeerError::Unreachable("AppendEntries stream closed".into()))?;
-            match s.answers.get_mut().message().await {
+            let answer = match s.answers.get_mut().message().await {
                 Ok(Some(answer)) => Ok(answer.data),
                 Ok(None) => Err(PeerError::Unreachable("AppendEntries stream ended".into())),
                 Err(status) => Err(status.into()),
-            }
+            };
+            s.awaiting = false;
+            answer
         };
         let outcome = match tokio::time::timeout(timeout, round).await {
             Ok(r) => r,
@@ -175,15 +193,19 @@ impl RaftNetwork<TypeConfig> for Connection {
         // here. Entries go at once with the commit index cut back (a later
         // AppendEntries carries the rest: openraft sends one after every
         // commit); a message carrying only the commit index waits for it.
+        // The wait and the exchange share openraft's deadline for the call
+        // (it stops waiting then, with a timer of its own).
+        let deadline = tokio::time::Instant::now() + option.hard_ttl();
         if let Some(commit) = req.leader_commit.filter(|c| !self.log_on_disk.holds(c.index)) {
             if req.entries.is_empty() {
-                let _ = tokio::time::timeout(option.hard_ttl(), self.log_on_disk.wait(commit.index)).await;
+                let _ = tokio::time::timeout_at(deadline, self.log_on_disk.wait(commit.index)).await;
             }
             req.leader_commit = self.log_on_disk.clamp(req.leader_commit);
         }
         if !self.unary {
             let data = bincode::serialize(&req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            match self.exchange(data.into(), option.hard_ttl()).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.exchange(data.into(), left).await {
                 Ok(answer) => return self.decode_answer(&answer),
                 Err(PeerError::Refused { code: Code::Unimplemented, .. }) => {
                     tracing::info!(node = %self.target, addr = %self.addr,
@@ -223,8 +245,15 @@ mod tests {
     use tokio_stream::wrappers::TcpListenerStream;
 
     use super::*;
+    use crate::pb::peer::peer_server::{Peer, PeerServer};
+    use crate::pb::peer::{
+        ForwardAck, ForwardBatch, PingRequest, PingResponse, SubmitRequest, SubmitResponse,
+        TakeSessionRequest, TakeSessionResponse, WaitAppliedRequest, WaitAppliedResponse, WriteRequest,
+        WriteResponse,
+    };
     use crate::peer_client::ClusterId;
     use crate::types::Vote;
+    use futures_util::StreamExt;
 
     #[tokio::test]
     async fn a_peer_without_append_stream_gets_unary_calls() {
@@ -255,5 +284,121 @@ mod tests {
         assert!(conn.stream.is_none());
         // Which this server does not know either: refused, not unreachable.
         assert!(matches!(r, Err(RPCError::Network(_))), "{r:?}");
+    }
+
+    /// A peer whose AppendStream answers each message with its own data,
+    /// `ECHO_DELAY` later; it knows nothing else.
+    struct SlowEcho;
+
+    const ECHO_DELAY: Duration = Duration::from_millis(200);
+
+    type Answers<T> = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+    fn unknown<T>() -> Result<tonic::Response<T>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    #[tonic::async_trait]
+    impl Peer for SlowEcho {
+        type AppendStreamStream = Answers<RaftMessage>;
+        type SubmitStream = Answers<SubmitResponse>;
+        type ForwardStream = Answers<ForwardAck>;
+
+        async fn append_stream(
+            &self,
+            req: tonic::Request<Streaming<RaftMessage>>,
+        ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
+            let answers = req.into_inner().then(|m| async move {
+                tokio::time::sleep(ECHO_DELAY).await;
+                m
+            });
+            Ok(tonic::Response::new(Box::pin(answers)))
+        }
+        async fn append_entries(
+            &self,
+            _: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+            unknown()
+        }
+        async fn vote(
+            &self,
+            _: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+            unknown()
+        }
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+            unknown()
+        }
+        async fn write(
+            &self,
+            _: tonic::Request<WriteRequest>,
+        ) -> Result<tonic::Response<WriteResponse>, tonic::Status> {
+            unknown()
+        }
+        async fn submit(
+            &self,
+            _: tonic::Request<Streaming<SubmitRequest>>,
+        ) -> Result<tonic::Response<Self::SubmitStream>, tonic::Status> {
+            unknown()
+        }
+        async fn forward(
+            &self,
+            _: tonic::Request<Streaming<ForwardBatch>>,
+        ) -> Result<tonic::Response<Self::ForwardStream>, tonic::Status> {
+            unknown()
+        }
+        async fn take_session(
+            &self,
+            _: tonic::Request<TakeSessionRequest>,
+        ) -> Result<tonic::Response<TakeSessionResponse>, tonic::Status> {
+            unknown()
+        }
+        async fn ping(
+            &self,
+            _: tonic::Request<PingRequest>,
+        ) -> Result<tonic::Response<PingResponse>, tonic::Status> {
+            unknown()
+        }
+        async fn wait_applied(
+            &self,
+            _: tonic::Request<WaitAppliedRequest>,
+        ) -> Result<tonic::Response<WaitAppliedResponse>, tonic::Status> {
+            unknown()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_to_a_cancelled_append_is_never_taken_for_the_next_ones() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerServer::new(SlowEcho))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let mut network = Network {
+            peers: PeerClient::new(NodeId(1), ClusterId::new(Some("c".into()))),
+            group: Group::Main,
+            log_on_disk: Arc::new(LogOnDisk::new(None)),
+        };
+        let node = NodeInfo { grpc: addr.to_string(), ..Default::default() };
+        let mut conn = network.new_client(NodeId(2), &node).await;
+        let first = conn.exchange(Bytes::from_static(b"first"), Duration::from_secs(5)).await;
+        assert_eq!(first.expect("answered").as_ref(), b"first");
+        // openraft gives up on the next one with its own timer, before the
+        // answer comes: the future is dropped mid-round.
+        let cancelled = tokio::time::timeout(
+            ECHO_DELAY / 4,
+            conn.exchange(Bytes::from_static(b"second"), Duration::from_secs(5)),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the second round was cut short");
+        // The answer to "second" still comes on that stream; the third
+        // round must get its own.
+        let third = conn.exchange(Bytes::from_static(b"third"), Duration::from_secs(5)).await;
+        assert_eq!(third.expect("answered").as_ref(), b"third");
     }
 }
