@@ -255,6 +255,17 @@ mod tests {
     use crate::types::Vote;
     use futures_util::StreamExt;
 
+    /// Node 1's main-group connection to node 2 at `addr`.
+    async fn connection_to(addr: std::net::SocketAddr) -> Connection {
+        let mut network = Network {
+            peers: PeerClient::new(NodeId(1), ClusterId::new(Some("c".into()))),
+            group: Group::Main,
+            log_on_disk: Arc::new(LogOnDisk::new(None)),
+        };
+        let node = NodeInfo { grpc: addr.to_string(), ..Default::default() };
+        network.new_client(NodeId(2), &node).await
+    }
+
     #[tokio::test]
     async fn a_peer_without_append_stream_gets_unary_calls() {
         // A gRPC server that knows none of the peer service's methods, as
@@ -266,13 +277,7 @@ mod tests {
                 .add_routes(tonic::service::Routes::default())
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
-        let mut network = Network {
-            peers: PeerClient::new(NodeId(1), ClusterId::new(Some("c".into()))),
-            group: Group::Main,
-            log_on_disk: Arc::new(LogOnDisk::new(None)),
-        };
-        let node = NodeInfo { grpc: addr.to_string(), ..Default::default() };
-        let mut conn = network.new_client(NodeId(2), &node).await;
+        let mut conn = connection_to(addr).await;
         let req = AppendEntriesRequest::<TypeConfig> {
             vote: Vote::new(1, NodeId(1)),
             prev_log_id: None,
@@ -379,13 +384,7 @@ mod tests {
                 .add_service(PeerServer::new(SlowEcho))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
-        let mut network = Network {
-            peers: PeerClient::new(NodeId(1), ClusterId::new(Some("c".into()))),
-            group: Group::Main,
-            log_on_disk: Arc::new(LogOnDisk::new(None)),
-        };
-        let node = NodeInfo { grpc: addr.to_string(), ..Default::default() };
-        let mut conn = network.new_client(NodeId(2), &node).await;
+        let mut conn = connection_to(addr).await;
         let first = conn.exchange(Bytes::from_static(b"first"), Duration::from_secs(5)).await;
         assert_eq!(first.expect("answered").as_ref(), b"first");
         // openraft gives up on the next one with its own timer, before the
