@@ -391,6 +391,88 @@ async fn the_queue_group_follows_membership_and_keeps_what_it_acknowledged() {
     s.puback(got.packet_id).await;
 }
 
+/// The leaders of the main group and of the durable queues' group, as
+/// node `observer` sees them (0: none).
+async fn leaders(c: &Cluster, observer: u64) -> (u64, u64) {
+    let (_, body) =
+        starling_tests::http_get_within(c.node(observer).http, "/metrics", Duration::from_secs(2)).await;
+    let get = |name| starling_tests::metric_value(&body, name).unwrap_or(0.0) as u64;
+    (get("starling_raft_leader"), get("starling_queue_group_leader"))
+}
+
+/// Moves the two groups' leaderships apart (they start on the node that
+/// bootstrapped both, and a failover tends to elect one node for both):
+/// freezes the node leading both until one group has elected another
+/// leader, then thaws it at once, so that it may still lead the other
+/// group; again until two different nodes lead, as every node sees.
+/// Returns (main group's leader, queue group's leader).
+async fn split_leaders(c: &Cluster) -> (u64, u64) {
+    for _ in 0..30 {
+        let seen = [leaders(c, 1).await, leaders(c, 2).await, leaders(c, 3).await];
+        let (main, queues) = seen[0];
+        if seen.iter().any(|s| *s != seen[0]) || main == 0 || queues == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if main != queues {
+            return (main, queues);
+        }
+        c.freeze(main);
+        let observer = (1..=3).find(|n| *n != main).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (m, q) = leaders(c, observer).await;
+            if (m != 0 && m != main) || (q != 0 && q != main) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no new leader while node {main} was frozen");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.thaw(main);
+        c.wait_ready(main).await;
+        // Let the elections the freeze started settle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    panic!("the two groups kept electing the same leader");
+}
+
+/// `cluster leave` on the node that leads the durable queues' group (and
+/// not the cluster): it is removed from the cluster, and the queue group
+/// follows — although a removed node is never told its removal, so it
+/// would keep leading the queue group with itself as a member. The
+/// messages the queue group acknowledged before stay, and it stores new
+/// ones with the two remaining members.
+#[tokio::test(flavor = "multi_thread")]
+async fn leave_of_the_queue_groups_leader_completes_and_the_group_follows() {
+    let c = Cluster::start(3).await;
+    wait_queue_group_voters(&c, 1, 3).await;
+    let (main, queues) = split_leaders(&c).await;
+    let stays = main;
+    let (mut s, _) = RawClient::connect(c.node(stays).mqtt, V311, "leave-sub", false).await;
+    s.subscribe(1, "leave/q", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let (mut p, _) = RawClient::connect(c.node(stays).mqtt, V311, "leave-pub", true).await;
+    publish_acknowledged(&mut p, "leave/q", 200, QoS::AtLeastOnce).await;
+
+    let (ok, out, err) = tokio::task::block_in_place(|| c.cli(queues, &["leave"]));
+    assert!(ok, "leave of node {queues} (the queue group's leader) failed: {out}{err}\n{}", c.logs());
+    c.wait_members_seen_by(stays, 2).await;
+    wait_queue_group_voters(&c, stays, 2).await;
+    let (_, new_queues) = leaders(&c, stays).await;
+    assert!(new_queues != 0 && new_queues != queues, "queue group's leader after the leave: {new_queues}");
+
+    let (mut s, present) = reconnect(&c, stays, connect_packet(V311, "leave-sub", false)).await;
+    assert!(present, "session present");
+    receive_qos1_in_order(&mut s, 200).await;
+    p.publish("leave/q", b"after", QoS::AtLeastOnce, false, 1).await;
+    assert!(
+        matches!(p.recv().await, Some(Packet::Ack(a)) if a.kind == AckKind::PubAck && !a.reason.is_error())
+    );
+    let got = s.recv_publish().await;
+    assert_eq!(&got.payload[..], b"after");
+    s.puback(got.packet_id).await;
+}
+
 /// A session that ends takes its durable queue with it, although the
 /// queues live in their own Raft group: the queue group's leader drops the
 /// queues of ended session lives (seen in every node's gauge).

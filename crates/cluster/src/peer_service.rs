@@ -29,7 +29,7 @@ use crate::readiness::Readiness;
 use crate::sm::SmShared;
 use crate::status::PeerStats;
 use crate::storage::FORMAT_VERSION;
-use crate::types::{Group, Raft};
+use crate::types::{Group, NodeId, Raft};
 use crate::wire::{decode_delivery, decode_message, decode_shared, encode_delivery, Corrupt};
 use crate::writer::{PendingWrite, Proposer, WriteError, MAX_HOPS};
 
@@ -93,6 +93,33 @@ impl PeerService {
         })
     }
 
+    /// Refuses a message of the durable queues' group from a node that is
+    /// not a member of the cluster as this node's main group last saw it.
+    ///
+    /// The queue group's members follow the main group's voters, changed
+    /// by the queue group's leader (queue_group.rs) — but a node removed
+    /// from the main group is not told so (Raft stops replicating to it),
+    /// and were it leading the queue group, it would keep itself a member
+    /// and the group would never follow. Refused here, its heartbeats no
+    /// longer count: the members elect a leader among themselves, which
+    /// follows the removal. (An empty membership — a node not yet part
+    /// of a cluster — refuses nothing.)
+    fn admit(&self, group: u32, vote: &openraft::Vote<NodeId>) -> Result<(), ServiceError> {
+        if Group::from_wire(group) != Some(Group::Queues) {
+            return Ok(());
+        }
+        let Some(sender) = vote.leader_id().voted_for() else { return Ok(()) };
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let members = m.membership_config.membership();
+        if members.nodes().next().is_none() || members.get_node(&sender).is_some() {
+            return Ok(());
+        }
+        Err(ServiceError::FailedPrecondition(format!(
+            "node {sender} is not a member of the cluster: its messages for the durable queues' group are refused"
+        )))
+    }
+
     /// The proposer of group `n`.
     fn proposer(&self, n: u32) -> Result<&Proposer, ServiceError> {
         Ok(match self.group(n)? {
@@ -148,6 +175,7 @@ impl PeerService {
     async fn append_one(&self, m: RaftMessage) -> Result<Response<RaftMessage>, Status> {
         let (raft, readiness) = self.core(m.group)?;
         let ae: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = self.decode(&m)?;
+        self.admit(m.group, &ae.vote)?;
         let leader_commit = ae.leader_commit.map(|l| l.index);
         let r = raft.append_entries(ae).await;
         if r.is_ok() {
@@ -182,13 +210,17 @@ impl Peer for PeerService {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = req.into_inner();
         let (raft, _) = self.core(m.group)?;
-        encode(&raft.vote(self.decode(&m)?).await)
+        let v: openraft::raft::VoteRequest<NodeId> = self.decode(&m)?;
+        self.admit(m.group, &v.vote)?;
+        encode(&raft.vote(v).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = req.into_inner();
         let (raft, readiness) = self.core(m.group)?;
-        let r = raft.install_snapshot(self.decode(&m)?).await;
+        let snap: openraft::raft::InstallSnapshotRequest<crate::types::TypeConfig> = self.decode(&m)?;
+        self.admit(m.group, &snap.vote)?;
+        let r = raft.install_snapshot(snap).await;
         if r.is_ok() {
             readiness.leader_contact(None);
         }
