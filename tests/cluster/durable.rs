@@ -436,32 +436,26 @@ async fn split_leaders(c: &Cluster) -> (u64, u64) {
     panic!("the two groups kept electing the same leader");
 }
 
-/// `cluster leave` on the node that leads the durable queues' group (and
-/// not the cluster): it is removed from the cluster, and the queue group
-/// follows — although a removed node is never told its removal, so it
-/// would keep leading the queue group with itself as a member. The
-/// messages the queue group acknowledged before stay, and it stores new
-/// ones with the two remaining members.
-#[tokio::test(flavor = "multi_thread")]
-async fn leave_of_the_queue_groups_leader_completes_and_the_group_follows() {
-    let c = Cluster::start(3).await;
-    wait_queue_group_voters(&c, 1, 3).await;
-    let (main, queues) = split_leaders(&c).await;
-    let stays = main;
+/// Persistent subscriber offline on node `stays`, 200 QoS 1 messages
+/// acknowledged, then `cluster leave` on node `leaving` (of three): the
+/// leave succeeds, two members remain and the durable queues' group
+/// follows (two voters, a leader other than `leaving`); the messages
+/// acknowledged before all arrive, and the two members store new ones.
+async fn leave_keeps_the_durable_queues(c: &Cluster, leaving: u64, stays: u64) {
     let (mut s, _) = RawClient::connect(c.node(stays).mqtt, V311, "leave-sub", false).await;
     s.subscribe(1, "leave/q", QoS::AtLeastOnce).await;
     s.disconnect().await;
     let (mut p, _) = RawClient::connect(c.node(stays).mqtt, V311, "leave-pub", true).await;
     publish_acknowledged(&mut p, "leave/q", 200, QoS::AtLeastOnce).await;
 
-    let (ok, out, err) = tokio::task::block_in_place(|| c.cli(queues, &["leave"]));
-    assert!(ok, "leave of node {queues} (the queue group's leader) failed: {out}{err}\n{}", c.logs());
+    let (ok, out, err) = tokio::task::block_in_place(|| c.cli(leaving, &["leave"]));
+    assert!(ok, "leave of node {leaving} failed: {out}{err}\n{}", c.logs());
     c.wait_members_seen_by(stays, 2).await;
     wait_queue_group_voters(&c, stays, 2).await;
-    let (_, new_queues) = leaders(&c, stays).await;
-    assert!(new_queues != 0 && new_queues != queues, "queue group's leader after the leave: {new_queues}");
+    let (_, queues) = leaders(c, stays).await;
+    assert!(queues != 0 && queues != leaving, "queue group's leader after the leave: {queues}");
 
-    let (mut s, present) = reconnect(&c, stays, connect_packet(V311, "leave-sub", false)).await;
+    let (mut s, present) = reconnect(c, stays, connect_packet(V311, "leave-sub", false)).await;
     assert!(present, "session present");
     receive_qos1_in_order(&mut s, 200).await;
     p.publish("leave/q", b"after", QoS::AtLeastOnce, false, 1).await;
@@ -471,6 +465,37 @@ async fn leave_of_the_queue_groups_leader_completes_and_the_group_follows() {
     let got = s.recv_publish().await;
     assert_eq!(&got.payload[..], b"after");
     s.puback(got.packet_id).await;
+}
+
+/// `cluster leave` on the node that leads the durable queues' group but
+/// not the cluster: a removed node is never told its removal, so it would
+/// keep leading the queue group with itself a member; the members refuse
+/// its queue-group messages and elect another leader, which follows.
+#[tokio::test(flavor = "multi_thread")]
+async fn leave_of_the_queue_groups_leader_completes_and_the_group_follows() {
+    let c = Cluster::start(3).await;
+    wait_queue_group_voters(&c, 1, 3).await;
+    let (main, queues) = split_leaders(&c).await;
+    leave_keeps_the_durable_queues(&c, queues, main).await;
+}
+
+/// `cluster leave` on the node that leads the cluster: it removes itself
+/// (and steps down), so it cannot watch the queue group follow from its
+/// own view (the members refuse its messages once it is out); a
+/// remaining member's leader waits for that. Both when it leads the queue
+/// group too (a new cluster: the node that started it leads both) and
+/// when another node does.
+#[tokio::test(flavor = "multi_thread")]
+async fn leave_of_the_clusters_leader_completes_and_the_queue_group_follows() {
+    let c = Cluster::start(3).await;
+    wait_queue_group_voters(&c, 1, 3).await;
+    assert_eq!(leaders(&c, 1).await, (1, 1), "the node that started the cluster leads both groups");
+    leave_keeps_the_durable_queues(&c, 1, 2).await;
+
+    let c = Cluster::start(3).await;
+    wait_queue_group_voters(&c, 1, 3).await;
+    let (main, queues) = split_leaders(&c).await;
+    leave_keeps_the_durable_queues(&c, main, queues).await;
 }
 
 /// A session that ends takes its durable queue with it, although the

@@ -29,6 +29,9 @@ use crate::writer::MAX_HOPS;
 /// How long a membership change waits for the durable queues' group to
 /// follow it (a new member catches up first).
 const QUEUE_GROUP_FOLLOWS: Duration = Duration::from_secs(30);
+/// How long one remaining member is given to confirm that the queue group
+/// followed a node that removed itself, before the next is asked.
+const ASK_ELSEWHERE: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct AdminService {
@@ -139,9 +142,57 @@ impl AdminService {
             Command::SetLiveness { node: id, alive: true },
         ];
         n.proposer.propose(reset, 0).await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
-        self.queue_group_follows().await?;
+        if id == n.node_id {
+            self.queue_group_follows_elsewhere(id).await?;
+        } else {
+            self.queue_group_follows().await?;
+        }
         tracing::info!(node = %id, "node removed from the cluster");
         Ok(())
+    }
+
+    /// This node removed itself (it led the main group, `leave`): its own
+    /// view of the queue group ends with its removal (the members refuse
+    /// its messages, peer_service.rs `admit`, and Raft does not send a
+    /// removed node the final membership), so a remaining member's leader
+    /// waits for the queue group to follow (`remove_node` of a node that
+    /// is no longer a member does just that), asked through each
+    /// remaining member in turn while a new leader is elected.
+    async fn queue_group_follows_elsewhere(&self, id: NodeId) -> Result<(), ServiceError> {
+        let n = &self.node;
+        let deadline = tokio::time::Instant::now() + QUEUE_GROUP_FOLLOWS;
+        let mut last = String::from("no other member");
+        loop {
+            for (member, addr) in n.membership.peers() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let mut req = Request::new(RemoveNodeRequest { node_id: id.0, force: true, hops: 0 });
+                // A member may still take this node for its leader and
+                // forward the question back here, where it waits in vain.
+                req.set_timeout(left.min(ASK_ELSEWHERE));
+                let asked = match n.peers.admin(&addr) {
+                    Ok(mut admin) => {
+                        admin.remove_node(req).await.map(|_| ()).map_err(|s| s.message().to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                match asked {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = format!("node {member}: {e}"),
+                }
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(200) >= deadline {
+                return Err(ServiceError::Unavailable(format!(
+                    "this node left the cluster, but no remaining member confirmed within {}s that the \
+                     durable queues' group followed (last answer: {last}); `cluster status` on another \
+                     member shows when it has",
+                    QUEUE_GROUP_FOLLOWS.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits until the durable queues' group has the main group's voters
@@ -228,6 +279,9 @@ impl Admin for AdminService {
         }
         let id = NodeId(r.node_id);
         if !self.node.membership.members().contains_key(&id) {
+            // Already removed (a retry, or a node that removed itself):
+            // answers once the queue group followed, as the removal does.
+            self.queue_group_follows().await?;
             return Ok(Response::new(RemoveNodeResponse {}));
         }
         if !r.force && self.node.liveness.ping(id).await {
