@@ -400,6 +400,30 @@ async fn leaders(c: &Cluster, observer: u64) -> (u64, u64) {
     (get("starling_raft_leader"), get("starling_queue_group_leader"))
 }
 
+/// The two groups' leaders once all three nodes agree on them and both
+/// groups have one.
+async fn agreed_leaders(c: &Cluster) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = [leaders(c, 1).await, leaders(c, 2).await, leaders(c, 3).await];
+        let (main, queues) = seen[0];
+        if seen.iter().all(|s| *s == seen[0]) && main != 0 && queues != 0 {
+            return (main, queues);
+        }
+        assert!(Instant::now() < deadline, "no agreed leaders: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A three-node cluster whose two groups have different leaders:
+/// (cluster, main group's leader, queue group's leader).
+async fn split_cluster() -> (Cluster, u64, u64) {
+    let c = Cluster::start(3).await;
+    wait_queue_group_voters(&c, 1, 3).await;
+    let (main, queues) = split_leaders(&c).await;
+    (c, main, queues)
+}
+
 /// Moves the two groups' leaderships apart (they start on the node that
 /// bootstrapped both, and a failover tends to elect one node for both):
 /// freezes the node leading both until one group has elected another
@@ -408,12 +432,7 @@ async fn leaders(c: &Cluster, observer: u64) -> (u64, u64) {
 /// Returns (main group's leader, queue group's leader).
 async fn split_leaders(c: &Cluster) -> (u64, u64) {
     for _ in 0..30 {
-        let seen = [leaders(c, 1).await, leaders(c, 2).await, leaders(c, 3).await];
-        let (main, queues) = seen[0];
-        if seen.iter().any(|s| *s != seen[0]) || main == 0 || queues == 0 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
+        let (main, queues) = agreed_leaders(c).await;
         if main != queues {
             return (main, queues);
         }
@@ -473,9 +492,7 @@ async fn leave_keeps_the_durable_queues(c: &Cluster, leaving: u64, stays: u64) {
 /// its queue-group messages and elect another leader, which follows.
 #[tokio::test(flavor = "multi_thread")]
 async fn leave_of_the_queue_groups_leader_completes_and_the_group_follows() {
-    let c = Cluster::start(3).await;
-    wait_queue_group_voters(&c, 1, 3).await;
-    let (main, queues) = split_leaders(&c).await;
+    let (c, main, queues) = split_cluster().await;
     leave_keeps_the_durable_queues(&c, queues, main).await;
 }
 
@@ -483,18 +500,17 @@ async fn leave_of_the_queue_groups_leader_completes_and_the_group_follows() {
 /// (and steps down), so it cannot watch the queue group follow from its
 /// own view (the members refuse its messages once it is out); a
 /// remaining member's leader waits for that. Both when it leads the queue
-/// group too (a new cluster: the node that started it leads both) and
-/// when another node does.
+/// group too (a new cluster: the node that started it leads both, unless
+/// an election already moved one) and when another node does.
 #[tokio::test(flavor = "multi_thread")]
 async fn leave_of_the_clusters_leader_completes_and_the_queue_group_follows() {
     let c = Cluster::start(3).await;
     wait_queue_group_voters(&c, 1, 3).await;
-    assert_eq!(leaders(&c, 1).await, (1, 1), "the node that started the cluster leads both groups");
-    leave_keeps_the_durable_queues(&c, 1, 2).await;
+    let (main, _) = agreed_leaders(&c).await;
+    let stays = (1..=3).find(|n| *n != main).unwrap();
+    leave_keeps_the_durable_queues(&c, main, stays).await;
 
-    let c = Cluster::start(3).await;
-    wait_queue_group_voters(&c, 1, 3).await;
-    let (main, queues) = split_leaders(&c).await;
+    let (c, main, queues) = split_cluster().await;
     leave_keeps_the_durable_queues(&c, main, queues).await;
 }
 
