@@ -305,6 +305,12 @@ def run_third_party(tmp, reps, connections):
                     out.setdefault(f"{name} | {broker}", []).append(mqttwrk(args, port))
                 finally:
                     p.stop()
+    out.update(third_party_idle(tmp, connections))
+    return out
+
+
+def third_party_idle(tmp, connections):
+    out = {}
     for broker in ("mosquitto", "starling"):
         port = 21886 if broker == "mosquitto" else 22886
         log(f"== mqttwrk: {connections} idle connections, {broker}")
@@ -866,8 +872,9 @@ def main():
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--quick", action="store_true", help="one repetition, short trials")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
-    ap.add_argument("--only", choices=["cluster"],
-                    help="re-run only the unpinned single-node and cluster parts; the rest comes from results.json")
+    ap.add_argument("--only", choices=["cluster", "idle"],
+                    help="re-run only the unpinned single-node and cluster parts (cluster) or the idle-connection "
+                         "and connection-rate rows of both tools (idle); the rest comes from results.json")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the page from docs/bench/results.json (e.g. after editing docs/bench/notes.md)")
     a = ap.parse_args()
@@ -892,14 +899,25 @@ def main():
     if a.only:
         with open(os.path.join(os.path.dirname(a.out), "bench", "results.json")) as f:
             prev = json.load(f)
-        with tempfile.TemporaryDirectory(prefix="starling-bench-") as tmp:
-            unpinned = run_unpinned(tmp, a.duration)
-            cluster = run_cluster(tmp, a.duration)
         single = {tuple(k.split(" | ", 1)): v for k, v in prev["single"].items()}
         idle, micro, third = prev["idle"], prev["micro"], prev.get("third_party")
+        unpinned, cluster = prev["unpinned"], prev["cluster"]
+        with tempfile.TemporaryDirectory(prefix="starling-bench-") as tmp:
+            if a.only == "cluster":
+                unpinned = run_unpinned(tmp, a.duration)
+                cluster = run_cluster(tmp, a.duration)
+            else:
+                idle = run_idle(tmp, a.idle)
+                third = {**(third or {}), **third_party_idle(tmp, a.idle)}
         run = prev.get("args", {"reps": 2, "duration": 3.0, "flags": ["--reps 2", "--duration 3.0"]})
         a.reps, a.duration, flags = run["reps"], run["duration"], run["flags"]
-        doc_args = flags + [f"; unpinned and cluster parts re-run with `--only cluster` on {m['date']}"]
+        what = {"cluster": "unpinned and cluster parts", "idle": "idle-connection and connection-rate rows"}[a.only]
+        earlier = [d for d in run.get("doc", [])[len(flags):] if a.only not in d]
+        # The machine section stays the full run's; a re-run on other
+        # hardware (the same VM can land on another host CPU) says so.
+        host = "" if m["cpu"] == prev["machine"]["cpu"] else f" on {m['cpu']}, kernel {m['kernel']}"
+        doc_args = flags + earlier + [f"; {what} re-run with `--only {a.only}` on {m['date']}{host}"]
+        m = {**prev["machine"], "date": m["date"]}
     else:
         with tempfile.TemporaryDirectory(prefix="starling-bench-") as tmp:
             single = run_single(tmp, a.reps, a.duration)

@@ -155,12 +155,14 @@ impl ClusterNode {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| damaged("cannot open the Raft log"))?;
         let committed = log_store.committed.clone();
+        let progress = log_store.progress.clone();
         let network =
             Network { peers: peers.clone(), group: Group::Main, log_on_disk: store.log_on_disk.clone() };
         let raft_config = raft_config(&config)?;
         let raft = Raft::new(node_id, raft_config.clone(), network, log_store, sm)
             .await
             .with_context(|| damaged("cannot read the Raft log"))?;
+        progress.follow(raft.data_metrics());
         let readiness = Arc::new(Readiness::new(raft.clone(), config.election_timeout * 3));
         let proposer = Proposer {
             group: Group::Main,

@@ -96,11 +96,13 @@ impl QueueGroup {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("cannot open the durable queues' Raft log")?;
         let committed = log_store.committed.clone();
+        let progress = log_store.progress.clone();
         let network =
             Network { peers: peers.clone(), group: Group::Queues, log_on_disk: store.log_on_disk.clone() };
         let raft = Raft::new(node_id, config, network, log_store, sm)
             .await
             .context("cannot read the durable queues' Raft log")?;
+        progress.follow(raft.data_metrics());
         let readiness = Arc::new(Readiness::new(raft.clone(), fresh));
         // The node-wide conditions (startup reset, draining, declared down)
         // are the main group's readiness; this one only follows the leader.
