@@ -119,15 +119,6 @@ impl Recent {
         }
     }
 
-    /// Drops the entries up to `index` (nothing reads them soon) and
-    /// returns them, for the caller to free after the lock.
-    fn forget(&mut self, index: u64) -> Vec<(Entry, usize)> {
-        if self.first().is_none_or(|f| f > index) {
-            return Vec::new();
-        }
-        self.purge(index)
-    }
-
     /// Drops entries from `index` on (a truncated log).
     fn truncate(&mut self, index: u64) {
         while self.next().is_some_and(|n| n > index) {
@@ -137,9 +128,10 @@ impl Recent {
         }
     }
 
-    /// Takes out entries up to `index` (a purged log) and returns them,
-    /// for the caller to free off the Raft core: a purge can release
-    /// thousands of entries, tens of thousands of messages.
+    /// Takes out entries up to `index` (a purged log, or entries nothing
+    /// reads soon) and returns them, for the caller to free off the Raft
+    /// core: a purge can release thousands of entries, tens of thousands
+    /// of messages.
     fn purge(&mut self, index: u64) -> Vec<(Entry, usize)> {
         let n = self.entries.iter().take_while(|(e, _)| e.log_id.index <= index).count();
         let gone: Vec<(Entry, usize)> = self.entries.drain(..n).collect();
@@ -450,7 +442,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut wal = self.wal.lock();
             let files = wal.append(&records).map_err(write_err)?;
             let mut recent = self.recent.lock();
-            let forgotten = done.map(|d| recent.forget(d)).unwrap_or_default();
+            let forgotten = done.map(|d| recent.purge(d)).unwrap_or_default();
             for (e, (_, bytes)) in entries.into_iter().zip(&records) {
                 recent.push(e, bytes.len());
             }
