@@ -163,3 +163,41 @@ async fn replicated_users_and_acl_rules() {
     let mut y = RawClient::tcp(c.node(2).mqtt, V5).await;
     assert_eq!(y.handshake(login("a2", "alice", "pw1")).await.code, ReasonCode::BAD_USER_NAME_OR_PASSWORD.0);
 }
+
+/// A node removed with `--force` while it could not answer (frozen here,
+/// as a node cut off by a partition) learns its removal when it is back:
+/// it says so, takes no clients and stops campaigning (Raft never tells a
+/// removed node; before, it started an election every few seconds until
+/// stopped). The remaining members keep their leader and term.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_removed_while_unreachable_learns_it_and_stops_campaigning() {
+    let mut c = Cluster::start(3).await;
+    c.freeze(3);
+    let (ok, out, err) = c.cli(1, &["remove", "3", "--force"]);
+    assert!(ok, "remove failed: {out}{err}");
+    c.wait_members(2).await;
+    let leader_term = c.metric(1, "starling_raft_term").await;
+    let leader = c.metric(1, "starling_raft_leader").await;
+    c.thaw(3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    c.wait_metric(3, "starling_removed", 1.0, deadline).await;
+    assert!(!c.ready(3).await, "a removed node takes no clients");
+    let s = c.status(3);
+    assert_eq!(s["removed"], true, "{s}");
+    let (ok, table, _) = c.cli(3, &["status"]);
+    assert!(ok && table.contains("REMOVED from the cluster"), "{table}");
+    let log = std::fs::read_to_string(&c.node(3).log).unwrap();
+    assert!(log.contains("this node was removed from the cluster"), "{log}");
+    // No more elections: its term stays where it is (openraft's election
+    // timeout is well under these 8 seconds; before, the term rose by one
+    // every few seconds).
+    let term = c.metric(3, "starling_raft_term").await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(c.metric(3, "starling_raft_term").await, term, "node 3 still campaigns");
+    // The cluster went on undisturbed.
+    assert_eq!(c.metric(1, "starling_raft_term").await, leader_term);
+    assert_eq!(c.metric(1, "starling_raft_leader").await, leader);
+    let (mut p2, _) = RawClient::connect(c.node(2).mqtt, V311, "p2", true).await;
+    p2.publish("after/x", b"two nodes", QoS::AtLeastOnce, false, 1).await;
+    assert!(matches!(p2.recv().await, Some(Packet::Ack(_))));
+}

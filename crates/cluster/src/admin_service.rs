@@ -216,8 +216,13 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     /// The leader's view (it alone knows every member's replication
-    /// progress); this node's own view when no leader is reachable.
+    /// progress); this node's own view when no leader is reachable, or
+    /// when this node was removed (the leader it remembers is not its
+    /// leader any more, and the operator must see the removal).
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        if self.node.readiness.is_removed() {
+            return Ok(Response::new(self.node.status()));
+        }
         if let Ok(Some(mut leader)) = self.leader() {
             let mut req = Request::new(StatusRequest {});
             req.set_timeout(Duration::from_secs(2));

@@ -29,6 +29,9 @@ use crate::writer::Proposer;
 const PING_EVERY: Duration = Duration::from_millis(500);
 /// A delayed will or an expiry fires at most this late (plus a commit).
 const TICK_EVERY: Duration = Duration::from_millis(100);
+/// How often a node without a leader's word asks the members whether it
+/// is still one of them.
+const REMOVED_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 pub struct Liveness {
     raft: Raft,
@@ -171,6 +174,61 @@ impl Liveness {
             }
         }
         cmds
+    }
+
+    /// Returns once a member says this node was removed from the cluster
+    /// (`remove --force` while it could not answer: Raft stops replicating
+    /// to a removed node and never tells it, so it would campaign at every
+    /// election timeout until stopped); `None` once `stop` is set. Asked
+    /// only while no leader reaches this node (a node catching up hears
+    /// from one), it is not leaving (`leave` stops its timers itself) and
+    /// its own log makes it a member; believed only from a member that
+    /// applied a later membership than the latest this node's log holds,
+    /// so a node joining under an id removed earlier, or one behind, is
+    /// never misled by a member that applied less than it holds.
+    pub async fn until_removed(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Option<u64> {
+        let mut tick = tokio::time::interval(REMOVED_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return None,
+            }
+            if self.readiness.is_ready()
+                || self.readiness.leader_heard_recently()
+                || self.readiness.is_draining()
+            {
+                continue;
+            }
+            let mine = {
+                let m = self.raft.metrics().borrow().membership_config.clone();
+                if m.membership().get_node(&self.me()).is_none() {
+                    continue;
+                }
+                m.log_id().map_or(0, |l| l.index)
+            };
+            let client = &self.peers;
+            let peers = self.membership.peers();
+            let asks = peers.iter().map(|(_, addr)| async move { client.ping(addr).await.ok() });
+            let answers = futures_util::future::join_all(asks).await;
+            let removed = answers
+                .into_iter()
+                .flatten()
+                .filter(|a| a.sender_removed && a.membership_index > mine)
+                .map(|a| (a.node_id, a.membership_index))
+                .next();
+            if let Some((by, index)) = removed {
+                tracing::error!(
+                    node = %self.me(),
+                    told_by = by,
+                    membership_index = index,
+                    "this node was removed from the cluster (`starling cluster remove --force` while it was \
+                     unreachable): it takes no clients and no longer campaigns; stop it, and to bring it back \
+                     start it with an empty data directory and --join"
+                );
+                return Some(index);
+            }
+        }
     }
 
     /// On the leader: the cluster's clock for delayed wills and expiry.

@@ -260,6 +260,20 @@ impl ClusterNode {
         tokio::spawn(self.liveness.clone().startup_reset(stop.clone()));
         tokio::spawn(self.liveness.clone().watch_members(stop.clone()));
         tokio::spawn(self.liveness.clone().keep_time(stop.clone()));
+        let (removed, raft, queues, readiness) = (
+            self.liveness.clone().until_removed(stop.clone()),
+            self.raft.clone(),
+            self.queues.raft.clone(),
+            self.readiness.clone(),
+        );
+        tokio::spawn(async move {
+            if removed.await.is_some() {
+                // As after `leave` (admin_service.rs): no more campaigns.
+                readiness.set_removed();
+                raft.runtime_config().tick(false);
+                queues.runtime_config().tick(false);
+            }
+        });
         bulk::handle().spawn(self.queues.clone().follow(
             self.raft.clone(),
             self.sm.clone(),

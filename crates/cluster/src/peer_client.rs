@@ -20,8 +20,8 @@ use crate::pb::admin::admin_client::AdminClient;
 use crate::pb::admin::{AddNodeRequest, AddNodeResponse, AdoptRequest, InfoRequest, InfoResponse};
 use crate::pb::peer::peer_client::PeerClient as PeerGrpc;
 use crate::pb::peer::{
-    ForwardAck, ForwardBatch, ForwardedMessage, PingRequest, RaftMessage, SubmitRequest, SubmitResponse,
-    TakeSessionRequest, WaitAppliedRequest, WriteRequest,
+    ForwardAck, ForwardBatch, ForwardedMessage, PingRequest, PingResponse, RaftMessage, SubmitRequest,
+    SubmitResponse, TakeSessionRequest, WaitAppliedRequest, WriteRequest,
 };
 use crate::storage::FORMAT_VERSION;
 use crate::types::{Group, NodeId};
@@ -231,10 +231,9 @@ impl PeerClient {
     }
 
     /// Whether the node at `addr` answers (and belongs to this cluster).
-    pub async fn ping(&self, addr: &str) -> Result<(), PeerError> {
+    pub async fn ping(&self, addr: &str) -> Result<PingResponse, PeerError> {
         let msg = PingRequest { cluster_id: self.cluster_id.get().to_string(), from_node: self.node_id.0 };
-        self.peer(addr)?.ping(Self::request(msg, PING_TIMEOUT)).await?;
-        Ok(())
+        Ok(self.peer(addr)?.ping(Self::request(msg, PING_TIMEOUT)).await?.into_inner())
     }
 
     /// Waits (at most `timeout`) until the node at `addr` applied `index`.

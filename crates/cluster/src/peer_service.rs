@@ -388,10 +388,16 @@ impl Peer for PeerService {
     }
 
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
-        self.check(&req.into_inner().cluster_id, None)?;
+        let req = req.into_inner();
+        self.check(&req.cluster_id, None)?;
+        // A node removed while it was unreachable learns it here
+        // (liveness.rs, `until_removed`): Raft never tells it.
+        let (membership_index, member) = self.sm.membership_of(NodeId(req.from_node));
         Ok(Response::new(PingResponse {
             node_id: self.proposer.peers.node_id().0,
             applied_index: self.sm.applied_index(),
+            sender_removed: req.from_node != 0 && membership_index > 0 && !member,
+            membership_index,
         }))
     }
 }

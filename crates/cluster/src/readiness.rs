@@ -35,6 +35,9 @@ pub struct Readiness {
     /// what they would forward to it, so it takes no clients until the
     /// leader declares it alive again.
     declared_down: AtomicBool,
+    /// A member said this node was removed from the cluster
+    /// (`Liveness::until_removed`): it takes no clients until stopped.
+    removed: AtomicBool,
     /// `leader_word`'s last answer and when it was taken (nanoseconds
     /// after `born`; 0: never).
     in_contact: AtomicBool,
@@ -54,6 +57,7 @@ impl Readiness {
             draining: AtomicBool::new(false),
             reset_done: AtomicBool::new(false),
             declared_down: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
             in_contact: AtomicBool::new(false),
             checked_at: AtomicU64::new(0),
             born: Instant::now(),
@@ -86,13 +90,33 @@ impl Readiness {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Follows the replicated liveness of this node.
     pub fn set_declared_down(&self, down: bool) {
         self.declared_down.store(down, Ordering::Relaxed);
     }
 
+    /// This node is no longer a member (for good: until stopped).
+    pub fn set_removed(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    /// Whether a leader reached this node within the freshness window
+    /// (ready or still catching up).
+    pub fn leader_heard_recently(&self) -> bool {
+        self.leader_contact.lock().at.is_some_and(|t| t.elapsed() < self.fresh)
+    }
+
     pub fn is_ready(&self) -> bool {
         if self.draining.load(Ordering::Relaxed)
+            || self.removed.load(Ordering::Relaxed)
             || !self.reset_done.load(Ordering::Relaxed)
             || self.declared_down.load(Ordering::Relaxed)
         {

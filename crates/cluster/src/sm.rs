@@ -149,6 +149,14 @@ impl<S: GroupState> SmShared<S> {
         self.inner.lock().membership.membership().get_node(&node).map(|n| n.grpc.clone())
     }
 
+    /// The log index of the applied membership (0: none yet) and whether
+    /// `node` is in it.
+    pub fn membership_of(&self, node: crate::types::NodeId) -> (u64, bool) {
+        let inner = self.inner.lock();
+        let m = &inner.membership;
+        (m.log_id().map_or(0, |l| l.index), m.membership().get_node(&node).is_some())
+    }
+
     /// Every member and its gRPC address.
     pub fn members(&self) -> Vec<(crate::types::NodeId, String)> {
         self.inner.lock().membership.membership().nodes().map(|(id, n)| (*id, n.grpc.clone())).collect()

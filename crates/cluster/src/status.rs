@@ -79,6 +79,7 @@ impl ClusterNode {
             queue_voters: q.membership_config.membership().voter_ids().count() as u64,
             queue_commit_index: self.queues.committed.load(Ordering::Relaxed),
             queued_messages: g.durable_messages,
+            removed: self.readiness.is_removed(),
         }
     }
 
@@ -101,6 +102,12 @@ impl ClusterNode {
         one("starling_raft_commit_index", "Highest committed log index.", "gauge", st.commit_index);
         one("starling_raft_applied_index", "Highest applied log index.", "gauge", st.applied_index);
         one("starling_ready", "1 when the node accepts clients.", "gauge", u64::from(st.ready));
+        one(
+            "starling_removed",
+            "1 once a member said this node was removed from the cluster (stop it).",
+            "gauge",
+            u64::from(st.removed),
+        );
         one(
             "starling_raft_applied_entries_total",
             "Log entries applied to the state machine.",

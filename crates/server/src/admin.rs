@@ -42,7 +42,12 @@ pub fn status_table(s: &StatusResponse) -> String {
     let mut out = String::new();
     let leader = if s.has_leader { s.leader_id.to_string() } else { "none".into() };
     let _ = writeln!(out, "cluster   {}", s.cluster_id);
-    let _ = writeln!(out, "node      {} ({})", s.node_id, if s.ready { "ready" } else { "NOT READY" });
+    let state = match (s.ready, s.removed) {
+        (_, true) => "REMOVED from the cluster: stop it; to bring it back, start it with an empty data directory and --join",
+        (true, false) => "ready",
+        (false, false) => "NOT READY",
+    };
+    let _ = writeln!(out, "node      {} ({state})", s.node_id);
     let _ = writeln!(out, "leader    {leader}    term {}", s.term);
     let _ = writeln!(out, "log       commit {}  applied {}", s.commit_index, s.applied_index);
     let queue_leader = if s.queue_leader_id != 0 { s.queue_leader_id.to_string() } else { "none".into() };
@@ -94,6 +99,7 @@ fn status_json(s: &StatusResponse) -> String {
         "cluster_id": s.cluster_id,
         "node_id": s.node_id,
         "ready": s.ready,
+        "removed": s.removed,
         "leader": if s.has_leader { Some(s.leader_id) } else { None },
         "term": s.term,
         "commit_index": s.commit_index,
