@@ -481,7 +481,7 @@ async fn leave_keeps_the_durable_queues(c: &Cluster, leaving: u64, stays: u64) {
     let (ok, out, err) = tokio::task::block_in_place(|| c.cli(leaving, &["leave"]));
     assert!(ok, "leave of node {leaving} failed: {out}{err}\n{}", c.logs());
     c.wait_members_seen_by(stays, 2).await;
-    wait_queue_group_voters(&c, stays, 2).await;
+    wait_queue_group_voters(c, stays, 2).await;
     let (_, queues) = leaders(c, stays).await;
     assert!(queues != 0 && queues != leaving, "queue group's leader after the leave: {queues}");
 

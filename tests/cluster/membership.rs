@@ -171,7 +171,7 @@ async fn replicated_users_and_acl_rules() {
 /// stopped). The remaining members keep their leader and term.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_removed_while_unreachable_learns_it_and_stops_campaigning() {
-    let mut c = Cluster::start(3).await;
+    let c = Cluster::start(3).await;
     c.freeze(3);
     let (ok, out, err) = c.cli(1, &["remove", "3", "--force"]);
     assert!(ok, "remove failed: {out}{err}");
