@@ -309,12 +309,7 @@ impl Admin for AdminService {
             }
             None => self.remove_member(n.node_id).await?,
         }
-        // Raft does not tell a removed node it was removed, so both its
-        // groups would campaign every election timeout until the process is
-        // stopped (refused: the members have a leader, and refuse its
-        // queue-group messages, peer_service.rs `admit`). Their timers stop.
-        n.raft.runtime_config().tick(false);
-        n.queues.raft.runtime_config().tick(false);
+        n.stop_campaigning();
         tracing::info!(
             "left the cluster: stop this process; to come back, start it with an empty data directory"
         );

@@ -249,7 +249,7 @@ impl ClusterNode {
 
     /// Following the membership, the startup reset, liveness and the
     /// clock, until `stop`.
-    fn spawn_duties(&self, stop: watch::Receiver<bool>) {
+    fn spawn_duties(self: &Arc<Self>, stop: watch::Receiver<bool>) {
         let follow = self.membership.clone().follow(
             self.forwarder.clone(),
             self.sm.clone(),
@@ -260,18 +260,11 @@ impl ClusterNode {
         tokio::spawn(self.liveness.clone().startup_reset(stop.clone()));
         tokio::spawn(self.liveness.clone().watch_members(stop.clone()));
         tokio::spawn(self.liveness.clone().keep_time(stop.clone()));
-        let (removed, raft, queues, readiness) = (
-            self.liveness.clone().until_removed(stop.clone()),
-            self.raft.clone(),
-            self.queues.raft.clone(),
-            self.readiness.clone(),
-        );
+        let (removed, node) = (self.liveness.clone().until_removed(stop.clone()), self.clone());
         tokio::spawn(async move {
             if removed.await.is_some() {
-                // As after `leave` (admin_service.rs): no more campaigns.
-                readiness.set_removed();
-                raft.runtime_config().tick(false);
-                queues.runtime_config().tick(false);
+                node.readiness.set_removed();
+                node.stop_campaigning();
             }
         });
         bulk::handle().spawn(self.queues.clone().follow(
@@ -280,6 +273,17 @@ impl ClusterNode {
             self.membership.info().clone(),
             stop,
         ));
+    }
+
+    /// Stops both groups' timers, for a node no longer a member (after
+    /// `leave`, or told by a member that it was removed). Raft does not
+    /// tell a removed node it was removed, so both its groups would
+    /// campaign every election timeout until the process is stopped
+    /// (refused: the members have a leader, and refuse its queue-group
+    /// messages, peer_service.rs `admit`).
+    pub fn stop_campaigning(&self) {
+        self.raft.runtime_config().tick(false);
+        self.queues.raft.runtime_config().tick(false);
     }
 
     /// Serves the peer and admin services on `grpc` until `stop`.
