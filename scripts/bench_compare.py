@@ -493,11 +493,11 @@ def run_durable(pids, duration, cpu, first):
     # Under the durable load (the target), then under a non-durable load of
     # the same rate: the page shows what the same traffic without the
     # durable queues does to the control plane on this machine.
-    for kind, load_name in (("loaded", "durable_q1_p4"), ("plain_loaded", "cross_q1_p4")):
+    for kind, load_name, load_key in (("loaded", "durable_q1_p4", "control_load"),
+                                      ("plain_loaded", "cross_q1_p4", "control_plain_load")):
         log(f"  control latency under {load_name} ({per_pub * 4}/s, four pairs, {CONTROL_SAMPLES} rounds)")
-        rounds, load = control_under_load(pids, cpu, load_name, per_pub)
+        rounds, res[load_key] = control_under_load(pids, cpu, load_name, per_pub)
         res[f"control_{kind}_rounds"], res[f"control_{kind}"] = rounds, control_median(rounds)
-        res["control_load" if kind == "loaded" else "control_plain_load"] = load
     res["control_idle_rounds"], res["control_idle"] = idle, control_median(idle)
     res["control_load_offered"] = per_pub * 4
     res["control_ops"] = CONTROL_OPS
@@ -640,6 +640,13 @@ def durable_share(cluster, key, plain):
     return cluster[key]["recv_rate"] / p * 100 if p else 0
 
 
+def latency_cells(sample, idle):
+    """A control table's "p50 / p99" and "ratio p50 / p99" cells for
+    `sample` (one operation's median p50 and p99) against `idle`."""
+    return (f"{sample['p50_us'] / 1000:.2f} / {sample['p99_us'] / 1000:.2f} ms | "
+            f"{sample['p50_us'] / idle['p50_us']:.1f}× / {sample['p99_us'] / idle['p99_us']:.1f}× |")
+
+
 def durable_section(w, cluster):
     w("### Durable QoS 1 (persistent subscriber)\n")
     w("The same cross-node shape with the subscriber keeping a persistent session: every message is committed "
@@ -703,14 +710,11 @@ def durable_section(w, cluster):
     w("| | idle p50 / p99 | under durable load p50 / p99 | ratio p50 / p99 |" + extra)
     w("| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if plain else ""))
     for kind, field, what in CONTROL_KINDS:
-        i, l = idle[kind][field], loaded[kind][field]
-        row = (f"| {what} | {i['p50_us'] / 1000:.2f} / {i['p99_us'] / 1000:.2f} ms | "
-               f"{l['p50_us'] / 1000:.2f} / {l['p99_us'] / 1000:.2f} ms | "
-               f"{l['p50_us'] / i['p50_us']:.1f}× / {l['p99_us'] / i['p99_us']:.1f}× |")
+        i = idle[kind][field]
+        row = f"| {what} | {i['p50_us'] / 1000:.2f} / {i['p99_us'] / 1000:.2f} ms | "
+        row += latency_cells(loaded[kind][field], i)
         if plain:
-            pl = plain[kind][field]
-            row += (f" {pl['p50_us'] / 1000:.2f} / {pl['p99_us'] / 1000:.2f} ms | "
-                    f"{pl['p50_us'] / i['p50_us']:.1f}× / {pl['p99_us'] / i['p99_us']:.1f}× |")
+            row += " " + latency_cells(plain[kind][field], i)
         w(row)
     w("")
 
