@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use starling_broker::auth::password;
 use starling_broker::replicated::{Command, CommandResult};
@@ -122,29 +123,50 @@ impl AdminService {
         let n = &self.node;
         let membership = n.raft.metrics().borrow().membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&id) && voters.len() == 1 {
+            return Err(ServiceError::FailedPrecondition("cannot remove the last voter".into()));
+        }
+        let reset = |adopter: NodeId| {
+            vec![
+                Command::NodeReset { node: id, adopter: Some(adopter) },
+                Command::SetLiveness { node: id, alive: true },
+            ]
+        };
+        if id == n.node_id {
+            // The leader removes itself (`leave`, drained: no client left
+            // here). Its sessions go to a remaining voter now, while it
+            // still leads: once out it learns no new leader (a removed
+            // node is sent nothing) and could not propose anything.
+            let adopter = voters.iter().copied().find(|v| *v != id).unwrap_or(id);
+            n.proposer
+                .propose(reset(adopter), 0)
+                .await
+                .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        }
         if voters.contains(&id) {
-            if voters.len() == 1 {
-                return Err(ServiceError::FailedPrecondition("cannot remove the last voter".into()));
-            }
             n.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
                 .map_err(internal)?;
         }
         if n.membership.members().contains_key(&id) {
-            n.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(internal)?;
+            match n.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await {
+                Ok(_) => {}
+                // A leader out of the voters steps down once that is
+                // applied, perhaps before this second change: the
+                // remaining members' leader removes it (asked below).
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) if id == n.node_id => {}
+                Err(e) => return Err(internal(e)),
+            }
         }
-        let reset = vec![
-            Command::NodeReset { node: id, adopter: Some(n.node_id) },
-            Command::SetLiveness { node: id, alive: true },
-        ];
-        n.proposer.propose(reset, 0).await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         if id == n.node_id {
             self.queue_group_follows_elsewhere(id).await?;
         } else {
+            // Its sessions come here (it is gone, or it left, drained).
+            n.proposer
+                .propose(reset(n.node_id), 0)
+                .await
+                .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
             self.queue_group_follows().await?;
         }
         tracing::info!(node = %id, "node removed from the cluster");
