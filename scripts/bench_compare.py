@@ -640,11 +640,16 @@ def durable_share(cluster, key, plain):
     return cluster[key]["recv_rate"] / p * 100 if p else 0
 
 
+def ratios(sample, idle):
+    """`sample`'s p50 and p99 (one operation's medians) as multiples of `idle`'s."""
+    return sample["p50_us"] / idle["p50_us"], sample["p99_us"] / idle["p99_us"]
+
+
 def latency_cells(sample, idle):
     """A control table's "p50 / p99" and "ratio p50 / p99" cells for
     `sample` (one operation's median p50 and p99) against `idle`."""
-    return (f"{sample['p50_us'] / 1000:.2f} / {sample['p99_us'] / 1000:.2f} ms | "
-            f"{sample['p50_us'] / idle['p50_us']:.1f}× / {sample['p99_us'] / idle['p99_us']:.1f}× |")
+    r50, r99 = ratios(sample, idle)
+    return f"{sample['p50_us'] / 1000:.2f} / {sample['p99_us'] / 1000:.2f} ms | {r50:.1f}× / {r99:.1f}× |"
 
 
 def durable_section(w, cluster):
@@ -889,13 +894,12 @@ def write_doc(path, m, single, idle, unpinned, cluster, micro, reps, duration, a
                        f"{share:.1f}%", share >= 25)
         idle, loaded = cluster["control_idle"], cluster["control_loaded"]
         for kind, field, what in CONTROL_KINDS:
-            i, l = idle[kind][field], loaded[kind][field]
-            r50, r99 = l["p50_us"] / i["p50_us"], l["p99_us"] / i["p99_us"]
+            i = idle[kind][field]
+            r50, r99 = ratios(loaded[kind][field], i)
             measured = f"{r50:.1f}× p50, {r99:.1f}× p99"
             if cluster.get("control_plain_loaded"):
-                pl = cluster["control_plain_loaded"][kind][field]
-                measured += (f" (a non-durable load of the same rate: {pl['p50_us'] / i['p50_us']:.1f}× p50, "
-                             f"{pl['p99_us'] / i['p99_us']:.1f}× p99)")
+                p50, p99 = ratios(cluster["control_plain_loaded"][kind][field], i)
+                measured += f" (a non-durable load of the same rate: {p50:.1f}× p50, {p99:.1f}× p99)"
             target_row(f"{what} under durable load", "≤ 2× idle (p50 and p99)", measured, max(r50, r99) <= 2)
     w("")
     notes_path = os.path.join(ROOT, "docs", "bench", "notes.md")
