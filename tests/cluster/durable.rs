@@ -201,28 +201,42 @@ async fn message_expiry_counts_down_across_a_handoff() {
 }
 
 /// A persistent session's durable queue holds `max_queued_messages`: the
-/// oldest are kept, the rest dropped for that session and counted.
+/// oldest are kept, the rest dropped for that session and counted once in
+/// the cluster, by the queue group's leader that committed them — not by
+/// the node holding the session, which here is another node.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_durable_queue_keeps_the_oldest_and_counts_the_rest() {
     let c = Cluster::start_with(3, &["--set", "mqtt.max_queued_messages=5"]).await;
-    let (mut s, _) = RawClient::connect(c.node(2).mqtt, V311, "full-dur", false).await;
+    wait_queue_group_voters(&c, 1, 3).await;
+    let (_, leader) = agreed_leaders(&c).await;
+    let holder = if leader == 2 { 3 } else { 2 };
+    let (mut s, _) = RawClient::connect(c.node(holder).mqtt, V311, "full-dur", false).await;
     s.subscribe(1, "full/dur", QoS::AtLeastOnce).await;
     s.disconnect().await;
     let (mut p, _) = RawClient::connect(c.node(1).mqtt, V311, "full-pub", true).await;
     publish_acknowledged(&mut p, "full/dur", 8, QoS::AtLeastOnce).await;
-    // A drop is counted by the node holding the session when it applies
-    // the message; acknowledged means committed on a majority, which node 2
-    // may not be part of yet: it counts all three once it has applied them.
+    // Acknowledged means committed on a majority; every node counts what
+    // it applies, so wait until all three applied everything committed.
     let mut committed = 0.0f64;
     for id in 1..=3 {
         committed = committed.max(c.metric(id, "starling_queue_group_commit_index").await);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while c.metric(2, "starling_queue_group_applied_index").await < committed {
-        assert!(Instant::now() < deadline, "node 2 did not apply the durable queues' entries");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for id in 1..=3 {
+        while c.metric(id, "starling_queue_group_applied_index").await < committed {
+            assert!(Instant::now() < deadline, "node {id} did not apply the durable queues' entries");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    assert_eq!(c.metric(2, "starling_durable_queue_full_total").await, 3.0, "counted on the session's node");
+    let mut counts = Vec::new();
+    for id in 1..=3 {
+        counts.push(c.metric(id, "starling_durable_queue_full_total").await);
+    }
+    let mut expected = vec![0.0; 3];
+    expected[leader as usize - 1] = 3.0;
+    assert_eq!(counts, expected, "counted once, by the queue group's leader (node {leader})");
+    let dropped = "starling_messages_dropped_total{reason=\"queue_full\",qos=\"1\"}";
+    assert_eq!(c.metric(leader, dropped).await, 3.0);
     let (mut s, _) = RawClient::connect(c.node(3).mqtt, V311, "full-dur", false).await;
     receive_qos1_in_order(&mut s, 5).await;
     s.expect_silence(Duration::from_millis(300)).await;

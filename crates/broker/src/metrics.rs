@@ -268,7 +268,7 @@ impl Metrics {
             ),
             (
                 "starling_durable_queue_full_total",
-                "Durable messages dropped for one session whose queue was full (counted on its owner).",
+                "Durable messages dropped for one session whose queue was full (counted by the leader that committed them).",
                 &self.durable_queue_full,
             ),
             (

@@ -140,8 +140,12 @@ impl LocalState {
                     r.enqueue(durable_delivery(&entry, time_ms, now, false));
                 }
             }
-            StateChange::QueueFull { client, incarnation, qos } => {
-                if self.holder(&client, incarnation).is_some() {
+            StateChange::QueueFull { client, incarnation, qos, counted_by } => {
+                let here = match counted_by {
+                    Some(node) => node == self.node,
+                    None => self.holder(&client, incarnation).is_some(),
+                };
+                if here {
                     self.metrics.durable_queue_full.fetch_add(1, Ordering::Relaxed);
                     self.metrics.dropped(crate::metrics::DropReason::QueueFull, qos);
                 }

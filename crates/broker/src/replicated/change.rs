@@ -82,10 +82,15 @@ pub enum StateChange {
         entry: QueuedMessage,
     },
     /// A message for `client` was dropped: its durable queue is full.
+    /// `counted_by` is the node that counts it in its metrics: in the
+    /// cluster the leader that committed the entry (every node applies it,
+    /// whichever holds the session, even one moving to another node);
+    /// `None` (a single process): the node holding the session.
     QueueFull {
         client: ClientId,
         incarnation: Incarnation,
         qos: QoS,
+        counted_by: Option<NodeId>,
     },
     /// PUBREC of these QoS 2 messages is recorded: the session's runtime
     /// may send PUBREL.

@@ -280,7 +280,12 @@ impl QueueState {
                 *q = DurableQueue { incarnation: t.incarnation, ..DurableQueue::default() };
             }
             if q.len() >= per_session {
-                out.push(StateChange::QueueFull { client: t.client, incarnation: t.incarnation, qos: t.qos });
+                out.push(StateChange::QueueFull {
+                    client: t.client,
+                    incarnation: t.incarnation,
+                    qos: t.qos,
+                    counted_by: None,
+                });
                 continue;
             }
             let entry = q.push(message.clone(), &t);

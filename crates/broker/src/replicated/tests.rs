@@ -557,3 +557,28 @@ fn fuzz_seeds_for_command_sequences() {
         }
     }
 }
+
+/// A full durable queue's drop is counted by the node the change names
+/// (the cluster's committing leader), whether or not it holds the
+/// session; unnamed (a single process), by the node holding it.
+#[test]
+fn a_queue_full_drop_is_counted_by_the_node_it_names() {
+    let auth = std::sync::Arc::new(crate::auth::AuthService::new(Default::default()));
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let limits = crate::session::SessionLimits { max_queued: 10, queue_qos0_offline: false };
+    let local = LocalState::new(NodeId(1), auth, metrics.clone(), limits);
+    let full = |counted_by| StateChange::QueueFull {
+        client: c("away"),
+        incarnation: Incarnation(1),
+        qos: QoS::AtLeastOnce,
+        counted_by,
+    };
+    let counted = || metrics.durable_queue_full.load(std::sync::atomic::Ordering::Relaxed);
+    local.apply(0, vec![full(Some(NodeId(2)))]);
+    assert_eq!(counted(), 0, "another node counts it");
+    local.apply(0, vec![full(None)]);
+    assert_eq!(counted(), 0, "no session held here");
+    local.apply(0, vec![full(Some(NodeId(1)))]);
+    assert_eq!(counted(), 1, "named: counted here without the session");
+    assert_eq!(metrics.dropped_count(crate::metrics::DropReason::QueueFull, QoS::AtLeastOnce), 1);
+}
