@@ -202,7 +202,7 @@ async fn message_expiry_counts_down_across_a_handoff() {
 
 /// A persistent session's durable queue holds `max_queued_messages`: the
 /// oldest are kept, the rest dropped for that session and counted once in
-/// the cluster, by the queue group's leader that committed them — not by
+/// the cluster, by the queue group's leader that appended them — not by
 /// the node holding the session, which here is another node.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_durable_queue_keeps_the_oldest_and_counts_the_rest() {

@@ -268,7 +268,7 @@ impl Metrics {
             ),
             (
                 "starling_durable_queue_full_total",
-                "Durable messages dropped for one session whose queue was full (counted by the leader that committed them).",
+                "Durable messages dropped for one session whose queue was full (counted by the leader that appended them to the log).",
                 &self.durable_queue_full,
             ),
             (

@@ -378,12 +378,13 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for StateMachine<S> {
                             }
                         }
                         // A full queue's drop is counted once in the cluster:
-                        // by the leader that committed the entry (the
-                        // session's holder may be moving between nodes).
-                        let committer = entry.log_id.leader_id.node_id;
+                        // by the leader that appended the entry, which its log
+                        // id names on every node (the session's holder may be
+                        // moving between nodes).
+                        let appender = entry.log_id.leader_id.node_id;
                         for change in &mut changes {
                             if let StateChange::QueueFull { counted_by, .. } = change {
-                                *counted_by = Some(committer);
+                                *counted_by = Some(appender);
                             }
                         }
                         // Under the lock: changes reach the views in log order.
