@@ -84,9 +84,9 @@ pub enum StateChange {
     /// A message for `client` was dropped: its durable queue is full.
     /// `counted_by` is the node that counts it in its metrics: in the
     /// cluster the leader that appended the entry (its log id names it;
-    /// every node applies it,
-    /// whichever holds the session, even one moving to another node);
-    /// `None` (a single process): the node holding the session.
+    /// every node applies the entry, whichever holds the session, even one
+    /// moving to another node); `None` (a single process): the node
+    /// holding the session.
     QueueFull {
         client: ClientId,
         incarnation: Incarnation,

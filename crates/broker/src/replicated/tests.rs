@@ -559,8 +559,8 @@ fn fuzz_seeds_for_command_sequences() {
 }
 
 /// A full durable queue's drop is counted by the node the change names
-/// (the cluster's leader that appended the entry), whether or not it holds the
-/// session; unnamed (a single process), by the node holding it.
+/// (the cluster's leader that appended the entry), whether or not it
+/// holds the session; unnamed (a single process), by the node holding it.
 #[test]
 fn a_queue_full_drop_is_counted_by_the_node_it_names() {
     let auth = std::sync::Arc::new(crate::auth::AuthService::new(Default::default()));
